@@ -1,0 +1,165 @@
+"""What the three training scripts share: arguments, data splits, the run itself.
+
+Each script (``mnist.py``, ``cifar10.py``, ``svhn.py``) gives its paper
+defaults, a loader for its three splits and a model builder; everything else
+(flags, seeding, output files, error reporting) is here, so the scripts agree.
+"""
+import argparse
+import json
+import os
+import shlex
+import sys
+
+import numpy as np
+
+__all__ = ["training_parser", "run", "subset"]
+
+# Arguments that say where things are or how to show progress: a resumed run
+# may change them; every other argument must match the checkpoint's.
+LOCATION_ARGS = ("data_dir", "download", "output_dir", "resume", "progress",
+                 "eval_batch_size")
+
+
+def training_parser(dataset, description, defaults):
+    """An argument parser with the flags all three scripts share.
+
+    ``defaults`` holds the paper's settings for ``dataset`` (epochs,
+    batch_size, lr_start, lr_end); every default is shown in ``--help``.
+    """
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.set_defaults(dataset=dataset)
+    run = parser.add_argument_group("schedule (defaults: the paper's Theano settings)")
+    run.add_argument("--epochs", type=_positive_int, default=defaults["epochs"],
+                     help="number of epochs; the LR decays from --lr-start to --lr-end over them")
+    run.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"])
+    run.add_argument("--lr-start", type=_positive_float, default=defaults["lr_start"])
+    run.add_argument("--lr-end", type=_positive_float, default=defaults["lr_end"])
+    run.add_argument("--optimizer", choices=("adam", "shift-adamax"), default="adam",
+                     help="Adam (the Theano runs) or the paper's shift-based AdaMax")
+    run.add_argument("--seed", type=int, default=1234,
+                     help="seeds weight init, dropout, stochastic binarization and shuffling")
+
+    model = parser.add_argument_group("binarization and BatchNorm")
+    model.add_argument("--stochastic", action="store_true",
+                       help="stochastic weight binarization while training "
+                            "(default: deterministic, as in the paper's runs)")
+    model.add_argument("--H", type=_h_value, default=1.0,
+                       help='binary weight magnitude, a number or "Glorot"')
+    model.add_argument("--W-LR-scale", type=_h_value, default="Glorot",
+                       help='learning-rate factor for binary weights, a number or "Glorot"')
+    model.add_argument("--batchnorm", choices=("standard", "shift"), default="standard",
+                       help="standard or the paper's shift-based BatchNorm")
+    model.add_argument("--bn-alpha", type=_positive_float, default=0.1,
+                       help="running-average factor of BatchNorm")
+    model.add_argument("--bn-epsilon", type=_positive_float, default=1e-4)
+
+    data = parser.add_argument_group("data and output")
+    data.add_argument("--data-dir", default=None,
+                      help=f"folder with the {dataset} files (default: $BINARY_NET_DATA/"
+                           f"{dataset}, else ~/.binary_net/data/{dataset})")
+    data.add_argument("--download", action="store_true",
+                      help="fetch missing files from the official source (checksums verified)")
+    data.add_argument("--train-size", type=_positive_int, default=None,
+                      help="use only the first N examples of the paper's training split")
+    data.add_argument("--valid-size", type=_positive_int, default=None,
+                      help="use only the first N examples of the validation split")
+    data.add_argument("--test-size", type=_positive_int, default=None,
+                      help="use only the first N examples of the test set")
+    data.add_argument("--output-dir", default=os.path.join("runs", dataset),
+                      help="where config, log, checkpoint, best parameters and result go")
+    data.add_argument("--resume", action="store_true",
+                      help="continue from --output-dir/checkpoint.npz")
+    data.add_argument("--eval-batch-size", type=_positive_int, default=None,
+                      help="minibatch size for validation/test (default: --batch-size)")
+    data.add_argument("--no-progress", dest="progress", action="store_false",
+                      help="no progress bar (one line per epoch is still printed)")
+    return parser
+
+
+def subset(X, y, size):
+    """The first ``size`` rows (all when ``size`` is None)."""
+    if size is None:
+        return X, y
+    if size > len(X):
+        raise ValueError(f"asked for {size} examples, the split has {len(X)}")
+    return X[:size], y[:size]
+
+
+def run(args, build_network, load_splits, preprocess, input_ndim=4):
+    """Build, train and report one run; returns the process exit status.
+
+    Parameters
+    ----------
+    args : argparse.Namespace from :func:`training_parser` (plus the script's own).
+    build_network : callable(input_var, args) -> output Layer.
+    load_splits : callable(args) -> ((X, y), (X, y), (X, y)) train/valid/test.
+    preprocess : callable mapping a raw minibatch to float32 network input.
+    """
+    from .datasets import DatasetError
+    from .training import TrainingError
+
+    try:
+        return _run(args, build_network, load_splits, preprocess, input_ndim)
+    except (DatasetError, TrainingError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with the same command plus --resume "
+              f"(checkpoint: {os.path.join(args.output_dir, 'checkpoint.npz')})",
+              file=sys.stderr)
+        return 130
+
+
+def _run(args, build_network, load_splits, preprocess, input_ndim):
+    checkpoint = os.path.join(args.output_dir, "checkpoint.npz")
+    if os.path.exists(checkpoint) and not args.resume:
+        raise ValueError(f"{checkpoint} exists: add --resume to continue that run, "
+                         "or choose another --output-dir")
+
+    splits = [subset(X, y, size) for (X, y), size in
+              zip(load_splits(args), (args.train_size, args.valid_size, args.test_size))]
+    print("data: " + ", ".join(f"{name} {len(X)}" for name, (X, _) in
+                               zip(("train", "valid", "test"), splits)))
+
+    # Seed Lasagne's RNG before building: it draws the initial weights and
+    # the seeds of every random stream (dropout, stochastic binarization).
+    import lasagne
+    import theano.tensor as T
+    from .training import Trainer
+
+    lasagne.random.set_rng(np.random.RandomState(args.seed))
+    input_var = T.TensorType("float32", (False,) * input_ndim)("inputs")
+    network = build_network(input_var, args)
+    config = {key: value for key, value in sorted(vars(args).items())
+              if key not in LOCATION_ARGS}
+    print("config: " + json.dumps(config, sort_keys=True))
+    config["command"] = " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])]
+                                 + sys.argv[1:])
+    trainer = Trainer(network, input_var, args.lr_start, args.lr_end, args.epochs,
+                      args.batch_size, optimizer=args.optimizer, preprocess=preprocess,
+                      output_dir=args.output_dir, seed=args.seed, config=config,
+                      progress=args.progress, eval_batch_size=args.eval_batch_size)
+    result = trainer.fit(*splits, resume=args.resume)
+    print(f"test error {result['test_error']:.2f}% at the best validation epoch "
+          f"{result['best_epoch']} (valid {result['best_valid_error']:.2f}%); "
+          f"{result['seconds']:.0f}s; results in {args.output_dir}")
+    return 0
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _h_value(text):
+    return "Glorot" if text == "Glorot" else _positive_float(text)

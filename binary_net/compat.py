@@ -1,0 +1,112 @@
+"""Glue that makes Lasagne 0.1 run on Theano-PyMC 1.1.2 (imported first).
+
+Importing this module (``import binary_net`` does it before anything else)
+does three things, in this order:
+
+1. Theano defaults. Before Theano is imported, ``floatX=float32`` and
+   ``blas__ldflags=`` (empty) are added to ``THEANO_FLAGS`` unless the user
+   already set them there or in ``.theanorc``. The empty ``blas__ldflags``
+   matters: with numpy 1.23 Theano's BLAS detection fails on the first
+   compiled function (``numpy.distutils.__config__`` has no
+   ``blas_opt_info``); empty means "call numpy's own BLAS through its C API",
+   which is OpenBLAS and fast.
+2. Allocator tuning. Training the paper's MLP allocates and frees buffers of
+   tens of MB every step; glibc hands such blocks straight back to the kernel
+   and pays page faults to get them again. ``mallopt`` keeps such blocks in
+   the heap so freed memory is reused (results are unchanged).
+   Set ``BINARY_NET_NO_MALLOPT=1`` to skip this.
+3. The two names Lasagne 0.1 imports that Theano-PyMC renamed:
+   ``theano.sandbox.rng_mrg.MRG_RandomStreams`` (now ``MRG_RandomStream``)
+   and the module ``theano.tensor.signal.downsample`` with
+   ``max_pool_2d(input, ds, ignore_border, st, padding, mode)`` (now
+   ``theano.tensor.signal.pool.pool_2d``).
+
+Nothing here changes numerical behaviour.
+"""
+import ctypes
+import logging
+import os
+import sys
+import types
+import warnings
+
+_THEANO_DEFAULTS = (
+    ("floatX", "float32", ("floatX",)),
+    ("blas__ldflags", "", ("blas__ldflags", "blas.ldflags")),
+)
+
+
+def _user_set(names):
+    """True if any spelling in ``names`` appears in THEANO_FLAGS or a theanorc."""
+    flags = os.environ.get("THEANO_FLAGS", "")
+    keys = {item.split("=", 1)[0].strip() for item in flags.split(",") if "=" in item}
+    if keys & set(names):
+        return True
+    rc_paths = os.environ.get("THEANORC", "~/.theanorc:~/.theanorc.txt").split(os.pathsep)
+    for path in rc_paths:
+        path = os.path.expanduser(path)
+        if not os.path.isfile(path):
+            continue
+        with open(path) as handle:
+            for line in handle:
+                key = line.split("=", 1)[0].strip()
+                if "=" in line and (key in names or key.replace(".", "__") in names):
+                    return True
+    return False
+
+
+def _set_theano_defaults():
+    if "theano" in sys.modules:
+        # Too late for flags read at import; check the one that matters most.
+        import theano
+        if theano.config.floatX != "float32":
+            warnings.warn("binary_net: Theano was imported before binary_net with "
+                          "floatX=%s; the paper's setup uses float32" % theano.config.floatX)
+        return
+    additions = [f"{key}={value}" for key, value, names in _THEANO_DEFAULTS
+                 if not _user_set(names)]
+    if additions:
+        current = os.environ.get("THEANO_FLAGS", "")
+        os.environ["THEANO_FLAGS"] = ",".join(filter(None, [current] + additions))
+
+
+def _tune_malloc():
+    if os.environ.get("BINARY_NET_NO_MALLOPT") or not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    # glibc caps M_MMAP_THRESHOLD at 32 MiB, below one 4096x4096 float32
+    # matrix, so turn mmap off altogether (M_MMAP_MAX = 0) and never trim.
+    m_trim_threshold, m_mmap_max = -1, -4
+    libc.mallopt(m_mmap_max, 0)
+    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+
+
+def _alias_lasagne_names():
+    import theano.sandbox.rng_mrg as rng_mrg
+    if not hasattr(rng_mrg, "MRG_RandomStreams"):
+        rng_mrg.MRG_RandomStreams = rng_mrg.MRG_RandomStream
+
+    import theano.tensor.signal as signal
+    if "theano.tensor.signal.downsample" in sys.modules:
+        return
+    from theano.tensor.signal import pool
+
+    def max_pool_2d(input, ds, ignore_border=None, st=None, padding=(0, 0), mode="max"):
+        """Lasagne 0.1's call signature, forwarded to ``pool.pool_2d``."""
+        return pool.pool_2d(input, ws=ds, ignore_border=ignore_border, stride=st,
+                            pad=padding, mode=mode)
+
+    downsample = types.ModuleType("theano.tensor.signal.downsample")
+    downsample.max_pool_2d = max_pool_2d
+    sys.modules[downsample.__name__] = downsample
+    signal.downsample = downsample
+
+
+_set_theano_defaults()
+_tune_malloc()
+# Theano announces at WARNING level that it uses numpy's BLAS: that is the intent.
+logging.getLogger("theano.tensor.blas").setLevel(logging.ERROR)
+_alias_lasagne_names()

@@ -1,0 +1,99 @@
+"""The paper's three architectures (Theano runs), with adjustable widths.
+
+Every layer is followed by BatchNorm; every hidden layer's output goes
+through ``binary_tanh_unit``; the last layer has BatchNorm only. In the
+ConvNets the order is conv -> (max-pool 2x2) -> BatchNorm -> binary tanh.
+"""
+from . import compat  # noqa: F401  (must precede Theano)
+import lasagne
+from lasagne.layers import DropoutLayer, InputLayer, MaxPool2DLayer, NonlinearityLayer
+from lasagne.nonlinearities import identity
+
+from .binarization import binary_tanh_unit
+from .layers import BatchNormLayer, Conv2DLayer, DenseLayer
+
+__all__ = ["mlp", "convnet", "cifar10_convnet", "svhn_convnet", "CIFAR10_FILTERS",
+           "SVHN_FILTERS"]
+
+CIFAR10_FILTERS = (128, 128, 256, 256, 512, 512)
+SVHN_FILTERS = (64, 64, 128, 128, 256, 256)
+
+
+def _binary_options(binary, stochastic, H, W_LR_scale):
+    return dict(binary=binary, stochastic=stochastic, H=H, W_LR_scale=W_LR_scale)
+
+
+def _batch_norm(layer, epsilon, alpha, shift_based):
+    return BatchNormLayer(layer, epsilon=epsilon, alpha=alpha, shift_based=shift_based)
+
+
+def mlp(input_var=None, num_units=4096, num_hidden_layers=3, num_outputs=10,
+        input_shape=(None, 1, 28, 28), dropout_in=0.2, dropout_hidden=0.5, binary=True,
+        stochastic=False, H=1., W_LR_scale="Glorot", epsilon=1e-4, alpha=0.1,
+        shift_based_bn=False):
+    """MNIST MLP: 784 - num_units x num_hidden_layers - 10 (paper: 4096 x 3).
+
+    Dropout 0.2 on the input and 0.5 after each hidden layer, as in the paper.
+    """
+    options = _binary_options(binary, stochastic, H, W_LR_scale)
+    network = InputLayer(shape=input_shape, input_var=input_var)
+    if dropout_in:
+        network = DropoutLayer(network, p=dropout_in)
+    for _ in range(num_hidden_layers):
+        network = DenseLayer(network, num_units, nonlinearity=identity, **options)
+        network = _batch_norm(network, epsilon, alpha, shift_based_bn)
+        network = NonlinearityLayer(network, nonlinearity=binary_tanh_unit)
+        if dropout_hidden:
+            network = DropoutLayer(network, p=dropout_hidden)
+    network = DenseLayer(network, num_outputs, nonlinearity=identity, **options)
+    return _batch_norm(network, epsilon, alpha, shift_based_bn)
+
+
+def convnet(input_var=None, filters=CIFAR10_FILTERS, num_units=1024, num_outputs=10,
+            input_shape=(None, 3, 32, 32), binary=True, stochastic=False, H=1.,
+            W_LR_scale="Glorot", epsilon=1e-4, alpha=0.1, shift_based_bn=False):
+    """The paper's VGG-like ConvNet: pairs of 3x3 convs, a 2x2 max-pool after
+    each pair, then two dense layers of ``num_units`` and the output layer.
+
+    ``filters`` holds the six conv widths (CIFAR-10: 128-128-256-256-512-512,
+    SVHN: half of that).
+    """
+    options = _binary_options(binary, stochastic, H, W_LR_scale)
+    network = InputLayer(shape=input_shape, input_var=input_var)
+    for index, num_filters in enumerate(filters):
+        network = Conv2DLayer(network, num_filters, (3, 3), pad=1, nonlinearity=identity,
+                              **options)
+        if index % 2 == 1:
+            network = MaxPool2DLayer(network, pool_size=(2, 2))
+        network = _batch_norm(network, epsilon, alpha, shift_based_bn)
+        network = NonlinearityLayer(network, nonlinearity=binary_tanh_unit)
+    for _ in range(2):
+        network = DenseLayer(network, num_units, nonlinearity=identity, **options)
+        network = _batch_norm(network, epsilon, alpha, shift_based_bn)
+        network = NonlinearityLayer(network, nonlinearity=binary_tanh_unit)
+    network = DenseLayer(network, num_outputs, nonlinearity=identity, **options)
+    return _batch_norm(network, epsilon, alpha, shift_based_bn)
+
+
+def cifar10_convnet(input_var=None, width=1.0, **kwargs):
+    """CIFAR-10 ConvNet: 128C3-128C3-MP2-256C3-256C3-MP2-512C3-512C3-MP2-1024FC-1024FC-10.
+
+    ``width`` multiplies every conv and dense width (1.0 is the paper's).
+    """
+    return convnet(input_var, filters=_scaled(CIFAR10_FILTERS, width),
+                   num_units=max(1, int(round(1024 * width))), **kwargs)
+
+
+def svhn_convnet(input_var=None, width=1.0, **kwargs):
+    """SVHN ConvNet: 64C3-64C3-MP2-128C3-128C3-MP2-256C3-256C3-MP2-1024FC-1024FC-10."""
+    return convnet(input_var, filters=_scaled(SVHN_FILTERS, width),
+                   num_units=max(1, int(round(1024 * width))), **kwargs)
+
+
+def _scaled(filters, width):
+    return tuple(max(1, int(round(f * width))) for f in filters)
+
+
+def parameter_shapes(network):
+    """Shapes of all parameters in ``get_all_param_values`` order."""
+    return [p.get_value(borrow=True).shape for p in lasagne.layers.get_all_params(network)]

@@ -1,0 +1,377 @@
+"""The training loop: epochs, LR decay, validation, best parameters, checkpoints.
+
+One epoch: shuffle the training set, one update per full minibatch (a last
+partial batch is dropped, as in the 2016 code), then the validation error;
+when it is no worse than the best so far (``<=``), the test error is measured
+and the parameters are saved as the best. The learning rate of epoch ``e``
+(0-based) is ``lr_start * (lr_end / lr_start) ** (e / epochs)``.
+
+Files written to ``output_dir``:
+
+``log.jsonl``
+    one JSON object per epoch.
+``best_params.npz``
+    the best-validation parameters, ``np.savez(path, *values)`` in
+    ``get_all_param_values`` order (keys ``arr_0..``), the 2016 layout.
+``checkpoint.npz``
+    the whole training state after the last finished epoch: every shared
+    variable the training function updates (parameters, optimizer state,
+    BatchNorm running averages, random streams), the shuffling RNG, the
+    history. Written atomically; read with ``allow_pickle=False``.
+``result.json``
+    the summary, at the end.
+"""
+from . import compat  # noqa: F401  (must precede Theano)
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+
+import numpy as np
+import lasagne
+import theano
+import theano.tensor as T
+
+from .updates import binary_updates, squared_hinge_loss
+
+__all__ = ["Trainer", "TrainingError", "atomic_savez", "save_params", "load_params",
+           "machine_description"]
+
+CHECKPOINT = "checkpoint.npz"
+BEST_PARAMS = "best_params.npz"
+LOG = "log.jsonl"
+RESULT = "result.json"
+CONFIG = "config.json"
+
+
+def compile_mode():
+    """Theano's default mode without ``local_dot22_to_dot22scalar``.
+
+    With that rewrite on, the BatchNorm gradient's ``-dot(g, W.T)`` becomes a
+    second GEMM instead of reusing ``dot(g, W.T)``: 21 GEMMs per MLP step
+    instead of 11. Leaving it out only moves a scalar multiplication.
+    """
+    return theano.compile.mode.get_default_mode().excluding("local_dot22_to_dot22scalar")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (diverged loss, unusable checkpoint)."""
+
+
+def atomic_savez(path, *args, **kwargs):
+    """``np.savez`` into a temporary file beside ``path``, then rename it over."""
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as tmp:
+            np.savez(tmp, *args, **kwargs)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
+
+
+def _atomic_write_text(path, text):
+    directory = os.path.dirname(os.path.abspath(path))
+    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    with os.fdopen(handle, "w") as tmp:
+        tmp.write(text)
+        tmp.flush()
+        os.fsync(tmp.fileno())
+    os.replace(tmp_path, path)
+
+
+def save_params(path, network):
+    """Save all parameter values as ``arr_0..`` (the 2016 code's layout)."""
+    atomic_savez(path, *lasagne.layers.get_all_param_values(network))
+
+
+def load_params(path, network):
+    """Load an ``arr_0..`` parameter file into ``network``, checking every shape."""
+    params = lasagne.layers.get_all_params(network)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            keys = sorted((k for k in data.files if k.startswith("arr_")),
+                          key=lambda k: int(k[4:]))
+            values = [data[k] for k in keys]
+    except (OSError, ValueError, EOFError) as error:
+        raise TrainingError(f"{path}: not a readable parameter file ({error})") from error
+    if len(values) != len(params):
+        raise TrainingError(f"{path}: holds {len(values)} arrays, the network has "
+                            f"{len(params)} parameters")
+    for index, (param, value) in enumerate(zip(params, values)):
+        expected = param.get_value(borrow=True).shape
+        if value.shape != expected:
+            raise TrainingError(f"{path}: arr_{index} ({param.name}) has shape {value.shape}, "
+                                f"the network expects {expected}")
+    for param, value in zip(params, values):
+        param.set_value(value.astype(param.dtype))
+
+
+def machine_description():
+    """A one-line description of this machine (CPU model, cores)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()}"
+
+
+def one_hot_pm1(labels, num_classes):
+    """Labels to targets in {-1, +1} for the squared hinge loss."""
+    targets = -np.ones((len(labels), num_classes), dtype=theano.config.floatX)
+    targets[np.arange(len(labels)), labels] = 1.
+    return targets
+
+
+class Trainer:
+    """Compile a network's training and evaluation functions and run the schedule.
+
+    Parameters
+    ----------
+    network : Layer
+        Output layer of the model (its input layer must have ``input_var``).
+    input_var : Theano tensor
+        The network's input variable.
+    lr_start, lr_end : float
+        Learning rate of the first epoch and the one the decay reaches after
+        ``epochs`` epochs.
+    epochs : int
+    batch_size : int
+    optimizer : "adam" or "shift-adamax"
+    num_classes : int
+    preprocess : callable, optional
+        Maps a minibatch of raw inputs to the float32 network input (e.g.
+        ``2 * x / 255 - 1``); applied per batch so large uint8 sets stay uint8.
+    output_dir : str
+    seed : int
+        Seeds the shuffling RNG.
+    config : dict
+        Hyperparameters recorded in config.json and the checkpoint; a resumed
+        run must have the same ones.
+    progress : bool
+        Show a progress bar for each epoch.
+    eval_batch_size : int, optional
+        Minibatch size for validation/test (default: ``batch_size``).
+    """
+
+    def __init__(self, network, input_var, lr_start, lr_end, epochs, batch_size,
+                 optimizer="adam", num_classes=10, preprocess=None, output_dir=".", seed=0,
+                 config=None, progress=True, eval_batch_size=None, log=print):
+        self.network = network
+        self.lr_start, self.lr_end = float(lr_start), float(lr_end)
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
+        self.num_classes = num_classes
+        self.preprocess = preprocess or (lambda x: np.asarray(x, dtype=theano.config.floatX))
+        self.output_dir = output_dir
+        self.config = dict(config or {})
+        self.progress = progress
+        self.log = log
+        self.rng = np.random.RandomState(seed)
+        os.makedirs(output_dir, exist_ok=True)
+
+        target_var = T.matrix("targets")
+        learning_rate = T.scalar("learning_rate", dtype=theano.config.floatX)
+        train_output = lasagne.layers.get_output(network, deterministic=False)
+        loss = squared_hinge_loss(train_output, target_var)
+        updates = binary_updates(loss, network, learning_rate, optimizer)
+        mode = compile_mode()
+        self.train_fn = theano.function([input_var, target_var, learning_rate], loss,
+                                        updates=updates, mode=mode)
+
+        test_output = lasagne.layers.get_output(network, deterministic=True)
+        test_loss = squared_hinge_loss(test_output, target_var)
+        errors = T.sum(T.neq(T.argmax(test_output, axis=1), T.argmax(target_var, axis=1)))
+        self.eval_fn = theano.function([input_var, target_var], [test_loss, errors], mode=mode)
+        self.predict_fn = theano.function([input_var], T.argmax(test_output, axis=1),
+                                          mode=mode)
+
+        self._state_vars = self._collect_state(network, self.train_fn)
+        self.history = []
+        self.start_epoch = 0
+        self.best = {"valid_error": math.inf, "epoch": 0, "test_error": None,
+                     "test_loss": None}
+
+    # -- state -----------------------------------------------------------
+    @staticmethod
+    def _collect_state(network, train_fn):
+        """Network parameters, then every other shared variable ``train_fn``
+        updates (optimizer moments and step counters, random-stream states),
+        one entry per storage container."""
+        seen, state = set(), []
+        candidates = list(lasagne.layers.get_all_params(network))
+        candidates += [inp.variable for inp in train_fn.maker.inputs
+                       if inp.shared and inp.update is not None]
+        for var in candidates:
+            if id(var.container) not in seen:
+                seen.add(id(var.container))
+                state.append(var)
+        return state
+
+    def learning_rate(self, epoch):
+        """Learning rate of 0-based ``epoch``."""
+        return self.lr_start * (self.lr_end / self.lr_start) ** (epoch / self.epochs)
+
+    def checkpoint_path(self):
+        return os.path.join(self.output_dir, CHECKPOINT)
+
+    def save_checkpoint(self, epoch):
+        rng_name, keys, pos, has_gauss, cached = self.rng.get_state()
+        meta = {"epoch": epoch, "best": self.best, "history": self.history,
+                "config": self.config, "rng": [rng_name, int(pos), int(has_gauss),
+                                               float(cached)]}
+        arrays = {f"state_{i}": var.get_value() for i, var in enumerate(self._state_vars)}
+        atomic_savez(self.checkpoint_path(), meta=np.array(json.dumps(meta)),
+                     rng_keys=keys, **arrays)
+
+    def load_checkpoint(self, path=None):
+        """Restore the state saved by :meth:`save_checkpoint`; returns the epoch."""
+        path = path or self.checkpoint_path()
+        if not os.path.exists(path):
+            raise TrainingError(f"--resume: no checkpoint at {path}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                keys = data["rng_keys"]
+                arrays = [data[f"state_{i}"] for i in range(len(self._state_vars))]
+                extra = len([k for k in data.files if k.startswith("state_")]) - len(arrays)
+        except (OSError, ValueError, KeyError, EOFError) as error:
+            raise TrainingError(f"{path}: unreadable checkpoint ({error})") from error
+        if extra:
+            raise TrainingError(f"{path}: holds {len(arrays) + extra} state arrays, this "
+                                f"network has {len(arrays)}: built with other settings?")
+        differing = sorted(k for k in set(meta["config"]) | set(self.config)
+                           if k != "command" and meta["config"].get(k) != self.config.get(k))
+        if differing:
+            raise TrainingError(f"{path}: saved with other settings ({', '.join(differing)});"
+                                " resume with the same arguments or use a new --output-dir")
+        for index, (var, value) in enumerate(zip(self._state_vars, arrays)):
+            current = var.get_value(borrow=True)
+            if value.shape != current.shape or value.dtype != current.dtype:
+                raise TrainingError(f"{path}: state_{index} ({var.name}) is {value.dtype}"
+                                    f"{value.shape}, expected {current.dtype}{current.shape}")
+        for var, value in zip(self._state_vars, arrays):
+            var.set_value(value)
+        rng_name, pos, has_gauss, cached = meta["rng"]
+        self.rng.set_state((rng_name, keys, pos, has_gauss, cached))
+        self.history = meta["history"]
+        self.best = meta["best"]
+        self.best["valid_error"] = (math.inf if self.best["valid_error"] is None
+                                    else self.best["valid_error"])
+        self.start_epoch = meta["epoch"]
+        return self.start_epoch
+
+    # -- epochs ----------------------------------------------------------
+    def _batches(self, count, batch_size, desc):
+        from tqdm import tqdm
+        return tqdm(range(0, count, batch_size), desc=desc, leave=False, unit="batch",
+                    disable=not self.progress, dynamic_ncols=True)
+
+    def train_epoch(self, X, y, lr, epoch):
+        """One pass over shuffled full minibatches; returns the mean loss."""
+        order = self.rng.permutation(len(X))
+        full = (len(X) // self.batch_size) * self.batch_size
+        if full == 0:
+            raise TrainingError(f"training set ({len(X)} examples) is smaller than one "
+                                f"batch ({self.batch_size}); lower --batch-size")
+        total = 0.
+        batches = self._batches(full, self.batch_size, f"epoch {epoch}/{self.epochs}")
+        for count, start in enumerate(batches, 1):
+            index = np.sort(order[start:start + self.batch_size])
+            loss = float(self.train_fn(self.preprocess(X[index]),
+                                       one_hot_pm1(y[index], self.num_classes), lr))
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"training loss became {loss} at epoch {epoch}, batch {count}; "
+                    f"stopped. Last good state: {self.checkpoint_path()} "
+                    f"(epoch {self.start_epoch if not self.history else self.history[-1]['epoch']})")
+            total += loss
+            if count % 20 == 0 and hasattr(batches, "set_postfix"):
+                batches.set_postfix(loss=f"{total / count:.4f}")
+        return total / (full // self.batch_size)
+
+    def evaluate(self, X, y):
+        """Mean loss and error rate (percent) over all of ``X``."""
+        loss_sum, errors = 0., 0
+        for start in range(0, len(X), self.eval_batch_size):
+            xb, yb = X[start:start + self.eval_batch_size], y[start:start + self.eval_batch_size]
+            loss, err = self.eval_fn(self.preprocess(xb), one_hot_pm1(yb, self.num_classes))
+            loss_sum += float(loss) * len(xb)
+            errors += int(err)
+        return loss_sum / len(X), 100. * errors / len(X)
+
+    def fit(self, train, valid, test, resume=False):
+        """Run the schedule; returns the result dictionary (also result.json).
+
+        ``train``, ``valid``, ``test`` are ``(X, labels)`` pairs, labels 1-D ints.
+        """
+        (X_train, y_train), (X_valid, y_valid), (X_test, y_test) = (
+            _labels_1d(train), _labels_1d(valid), _labels_1d(test))
+        if resume:
+            done = self.load_checkpoint()
+            self.log(f"resumed from {self.checkpoint_path()} after epoch {done}")
+        _atomic_write_text(os.path.join(self.output_dir, CONFIG),
+                           json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+        _atomic_write_text(os.path.join(self.output_dir, LOG),
+                           "".join(json.dumps(row) + "\n" for row in self.history))
+        run_start = time.time() - sum(row["seconds"] for row in self.history)
+
+        for epoch in range(self.start_epoch, self.epochs):
+            started = time.time()
+            lr = np.float32(self.learning_rate(epoch))
+            train_loss = self.train_epoch(X_train, y_train, lr, epoch + 1)
+            valid_loss, valid_error = self.evaluate(X_valid, y_valid)
+            test_error = None
+            if valid_error <= self.best["valid_error"]:
+                test_loss, test_error = self.evaluate(X_test, y_test)
+                self.best = {"valid_error": valid_error, "epoch": epoch + 1,
+                             "test_error": test_error, "test_loss": test_loss}
+                save_params(os.path.join(self.output_dir, BEST_PARAMS), self.network)
+            row = {"epoch": epoch + 1, "lr": float(lr), "train_loss": train_loss,
+                   "valid_loss": valid_loss, "valid_error": valid_error,
+                   "test_error": test_error, "best_valid_error": self.best["valid_error"],
+                   "best_epoch": self.best["epoch"],
+                   "best_test_error": self.best["test_error"],
+                   "seconds": time.time() - started}
+            self.history.append(row)
+            self.save_checkpoint(epoch + 1)
+            with open(os.path.join(self.output_dir, LOG), "a") as log_file:
+                log_file.write(json.dumps(row) + "\n")
+            self.log(f"epoch {epoch + 1}/{self.epochs}  lr {lr:.3g}  "
+                     f"train loss {train_loss:.4f}  valid loss {valid_loss:.4f}  "
+                     f"valid error {valid_error:.2f}%  best {self.best['valid_error']:.2f}% "
+                     f"(epoch {self.best['epoch']}, test {self.best['test_error']:.2f}%)  "
+                     f"{row['seconds']:.1f}s")
+
+        seconds = time.time() - run_start
+        epochs_run = len(self.history)
+        result = {"dataset": self.config.get("dataset"),
+                  "test_error": self.best["test_error"],
+                  "test_loss": self.best["test_loss"],
+                  "best_valid_error": self.best["valid_error"],
+                  "best_epoch": self.best["epoch"], "epochs": self.epochs,
+                  "epochs_run": epochs_run, "seconds": seconds,
+                  "seconds_per_epoch": (sum(r["seconds"] for r in self.history) / epochs_run
+                                        if epochs_run else None),
+                  "config": self.config, "machine": machine_description(),
+                  "command": self.config.get("command")}
+        _atomic_write_text(os.path.join(self.output_dir, RESULT),
+                           json.dumps(result, indent=2) + "\n")
+        return result
+
+
+def _labels_1d(pair):
+    X, y = pair
+    return X, np.asarray(y).reshape(-1).astype(np.int64)

@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Train the paper's binarized MLP on MNIST (784-4096x3-10, Theano settings).
+
+Example, a short run on the real data (minutes on 2 cores):
+    python mnist.py --data-dir ../shared/datasets/mnist --num-units 256 --epochs 5
+"""
+import sys
+
+import numpy as np
+
+from binary_net import cli
+
+
+def load_splits(args):
+    from binary_net.datasets import MNIST
+    options = dict(data_dir=args.data_dir, download=args.download)
+    train = MNIST("train", 0, 50000, **options)
+    valid = MNIST("train", 50000, 60000, **options)
+    test = MNIST("test", **options)
+    return [(s.X, s.y) for s in (train, valid, test)]
+
+
+def preprocess(X):
+    """Pixels in [0, 1] to [-1, 1], as images (N, 1, 28, 28)."""
+    return (2. * X - 1.).astype(np.float32).reshape(-1, 1, 28, 28)
+
+
+def build_network(input_var, args):
+    from binary_net.models import mlp
+    return mlp(input_var, num_units=args.num_units, num_hidden_layers=args.num_hidden_layers,
+               dropout_in=args.dropout_in, dropout_hidden=args.dropout_hidden,
+               stochastic=args.stochastic, H=args.H, W_LR_scale=args.W_LR_scale,
+               epsilon=args.bn_epsilon, alpha=args.bn_alpha,
+               shift_based_bn=args.batchnorm == "shift")
+
+
+def main(argv=None):
+    parser = cli.training_parser("mnist", __doc__, dict(epochs=1000, batch_size=100,
+                                                        lr_start=0.003, lr_end=3e-7))
+    model = parser.add_argument_group("MLP")
+    model.add_argument("--num-units", type=int, default=4096, help="units per hidden layer")
+    model.add_argument("--num-hidden-layers", type=int, default=3)
+    model.add_argument("--dropout-in", type=float, default=0.2, help="input dropout")
+    model.add_argument("--dropout-hidden", type=float, default=0.5, help="hidden dropout")
+    args = parser.parse_args(argv)
+    return cli.run(args, build_network, load_splits, preprocess)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Shared pytest setup.
+
+``binary_net.compat`` must run before Theano is imported (it sets floatX and
+an empty ``blas__ldflags``, without which Theano fails on numpy 1.23), so it
+is imported here, before any test module imports Theano or Lasagne.
+"""
+from binary_net import compat  # noqa: F401  (must precede Theano)
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+# The training scripts (mnist.py, cifar10.py, svhn.py) live at the repository root.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "slow: a test that trains or compiles several networks (not skipped by default)")
+
+
+@pytest.fixture
+def lasagne_seed():
+    """Seed Lasagne's global RNG (weight init and the seeds of random streams).
+
+    Returns a function so a test can re-seed before building each network.
+    """
+    import lasagne
+
+    def seed(value=1234):
+        lasagne.random.set_rng(np.random.RandomState(value))
+
+    seed()
+    return seed
+
+
+def _numpy_ap2(x):
+    """Reference ``sign(x) * 2**round(log2|x|)`` with rounding half away from zero."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        exponent = np.log2(np.abs(x))
+    exponent = np.where(np.isfinite(exponent), exponent, 0.)
+    rounded = np.sign(exponent) * np.floor(np.abs(exponent) + 0.5)
+    return np.where(x == 0, 0., np.sign(x) * 2. ** rounded)
+
+
+@pytest.fixture
+def numpy_ap2():
+    """numpy reference of :func:`binary_net.binarization.ap2` (float64)."""
+    return _numpy_ap2

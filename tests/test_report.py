@@ -1,0 +1,310 @@
+"""Tests for binary_net.report: tables, plots and the command line."""
+import ast
+import json
+import os
+import re
+
+import pytest
+
+from binary_net import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(root, name, dataset="mnist", test_error=1.23, best_valid_error=1.11,
+              best_epoch=3, epochs=4, log=True, **extra):
+    """Write a fake run directory and return its path."""
+    run_dir = root / name
+    run_dir.mkdir(parents=True)
+    result = {
+        "dataset": dataset,
+        "test_error": test_error,
+        "best_valid_error": best_valid_error,
+        "best_epoch": best_epoch,
+        "epochs": epochs,
+        "epochs_run": epochs,
+        "seconds": 1800.0,
+        "seconds_per_epoch": 450.0,
+        "config": {"num_units": 1024, "batch_size": 100, "lr_start": 0.003,
+                   "lr_end": 3e-7, "train_size": 50000, "valid_size": 10000},
+        "machine": "test box",
+        "command": "python mnist.py --epochs {}".format(epochs),
+        "some_future_key": [1, 2, 3],
+    }
+    result.update(extra)
+    (run_dir / "result.json").write_text(json.dumps(result))
+    if log:
+        valid = [40.0, 5.0, 1.11, 1.5]
+        lines = []
+        best = float("inf")
+        for epoch, v in enumerate(valid, start=1):
+            improved = v < best
+            best = min(best, v)
+            lines.append(json.dumps({
+                "epoch": epoch, "lr": 0.003 * 0.5 ** epoch,
+                "train_loss": 1.0 / epoch, "valid_loss": 0.9 / epoch,
+                "valid_error": v, "test_error": v + 0.1 if improved else None,
+                "best_valid_error": best, "seconds": 450.0}))
+        (run_dir / "log.jsonl").write_text("\n".join(lines) + "\n")
+    return run_dir
+
+
+def split_row(line):
+    """Cells of one Markdown table row; escaped pipes stay inside a cell."""
+    inner = line.strip()[1:-1]
+    return [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", inner)]
+
+
+def parse_tables(markdown):
+    """Every table as (header cells, list of row-cell lists), in order."""
+    tables, current = [], None
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            if current is None:
+                current = []
+                tables.append(current)
+            current.append(split_row(line))
+        else:
+            current = None
+    parsed = []
+    for rows in tables:
+        assert all(set(c) <= set(":-") for c in rows[1]), rows[1]
+        assert all(len(r) == len(rows[0]) for r in rows), rows
+        parsed.append((rows[0], rows[2:]))
+    return parsed
+
+
+def row_dict(header, rows, first_cell):
+    matches = [r for r in rows if r[0] == first_cell]
+    assert len(matches) == 1, (first_cell, rows)
+    return dict(zip(header, matches[0]))
+
+
+def test_paper_rows_in_paper_columns():
+    (header, rows), = parse_tables(report.markdown_table([]))
+    assert header[:4] == ["Method", "MNIST", "SVHN", "CIFAR-10"]
+    theano = row_dict(header, rows, "BNN (Theano)")
+    assert (theano["MNIST"], theano["SVHN"], theano["CIFAR-10"]) == ("0.96", "2.80", "11.40")
+    torch = row_dict(header, rows, "BNN (Torch7)")
+    assert (torch["MNIST"], torch["SVHN"], torch["CIFAR-10"]) == ("1.40", "2.53", "10.15")
+    assert [r[0] for r in rows] == ["BNN (Torch7)", "BNN (Theano)"]
+    # The paper's Theano settings are what this project reproduces.
+    assert "784-4096x3-10 MLP, 1000 epochs, batch 100" in theano["Setting"]
+    assert "CIFAR-10 ConvNet, 500 epochs, batch 50" in theano["Setting"]
+    assert "SVHN ConvNet, 200 epochs, batch 50" in theano["Setting"]
+
+
+def test_measured_runs_in_their_dataset_column(tmp_path):
+    mnist = report.load_result(write_run(tmp_path, "mnist_run", epochs=30))
+    cifar = report.load_result(write_run(
+        tmp_path, "cifar_run", dataset="cifar10", test_error=12.345, epochs=500,
+        epochs_run=20, config={"batch_size": 50}))
+    (header, rows), (_, details) = parse_tables(report.markdown_table([mnist, cifar]))
+    assert [r[0] for r in rows[:2]] == ["BNN (Torch7)", "BNN (Theano)"]
+    m = row_dict(header, rows, "this project: MNIST MLP 3x1024, 30/30 epochs")
+    assert (m["MNIST"], m["SVHN"], m["CIFAR-10"]) == ("1.23", "-", "-")
+    assert "batch 100" in m["Setting"] and "paper: 1000 epochs" in m["Setting"]
+    c = row_dict(header, rows, "this project: CIFAR-10 ConvNet, 20/500 epochs")
+    assert (c["MNIST"], c["SVHN"], c["CIFAR-10"]) == ("-", "-", "12.35")
+    assert len(details) == 2
+
+
+def test_detail_table_values(tmp_path):
+    run = report.load_result(write_run(
+        tmp_path, "svhn_run", dataset="svhn", test_error=3.5, best_valid_error=3.25,
+        best_epoch=7, epochs=200, epochs_run=9, seconds=5400.0,
+        seconds_per_epoch=600.0, command="python svhn.py | tee out.txt"))
+    _, (header, rows) = parse_tables(report.markdown_table([run]))
+    d = row_dict(header, rows, "svhn_run")
+    assert d["Dataset"] == "SVHN"
+    assert d["Test error (%)"] == "3.50"
+    assert d["Best valid error (%)"] == "3.25"
+    assert d["Best epoch"] == "7"
+    assert d["Epochs run / scheduled"] == "9 / 200"
+    assert d["Wall time"] == "1.50 h"
+    assert d["s / epoch"] == "600.0"
+    assert d["Machine"] == "test box"
+    # The pipe in the command is escaped, so the row keeps its columns.
+    assert d["Command"] == "`python svhn.py | tee out.txt`"
+
+
+def test_short_run_time_in_minutes_and_optional_keys(tmp_path):
+    run_dir = tmp_path / "bare"
+    run_dir.mkdir()
+    (run_dir / "result.json").write_text(json.dumps({
+        "dataset": "mnist", "test_error": 2.0, "best_valid_error": 1.9,
+        "best_epoch": 2, "epochs": 5}))
+    run = report.load_result(run_dir / "result.json")
+    (header, rows), (dh, drows) = parse_tables(report.markdown_table([run]))
+    row_dict(header, rows, "this project: MNIST MLP, 5/5 epochs")
+    d = row_dict(dh, drows, "bare")
+    assert (d["Wall time"], d["s / epoch"], d["Machine"], d["Command"]) == ("-",) * 4
+    run["seconds"] = 90.0
+    _, (dh, drows) = parse_tables(report.markdown_table([run]))
+    assert row_dict(dh, drows, "bare")["Wall time"] == "1.5 min"
+
+
+def test_load_result_accepts_dir_or_file(tmp_path):
+    run_dir = write_run(tmp_path, "r")
+    by_dir = report.load_result(run_dir)
+    by_file = report.load_result(str(run_dir / "result.json"))
+    assert by_dir["test_error"] == by_file["test_error"] == 1.23
+    assert by_dir["some_future_key"] == [1, 2, 3]
+    assert by_dir["_run_dir"] == os.path.abspath(run_dir)
+
+
+@pytest.mark.parametrize("key", report.REQUIRED_KEYS)
+def test_load_result_missing_key(tmp_path, key):
+    run_dir = write_run(tmp_path, "r")
+    data = json.loads((run_dir / "result.json").read_text())
+    del data[key]
+    (run_dir / "result.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError) as info:
+        report.load_result(run_dir)
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(run_dir / "result.json") in message and repr(key) in message
+
+
+def test_load_result_rejects_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="unknown dataset"):
+        report.load_result(write_run(tmp_path, "a", dataset="imagenet"))
+    with pytest.raises(ValueError, match="test_error"):
+        report.load_result(write_run(tmp_path, "b", test_error=None))
+    with pytest.raises(ValueError, match="best_epoch"):
+        report.load_result(write_run(tmp_path, "c", best_epoch=2.5))
+
+
+def test_load_log(tmp_path):
+    run_dir = write_run(tmp_path, "r")
+    entries = report.load_log(run_dir)
+    assert [e["epoch"] for e in entries] == [1, 2, 3, 4]
+    assert entries[3]["test_error"] is None
+    with open(run_dir / "log.jsonl", "a") as handle:
+        handle.write("\n{broken\n")
+    with pytest.raises(ValueError, match=r"log\.jsonl:6: invalid JSON"):
+        report.load_log(run_dir / "log.jsonl")
+
+
+def check_png(path):
+    data = open(path, "rb").read()
+    assert data[:8] == PNG_MAGIC
+    import matplotlib.image
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 0 and image.shape[1] > 0
+    # A blank canvas would mean nothing was drawn.
+    assert image.std() > 0
+
+
+def test_plot_curves_writes_png(tmp_path):
+    run_dir = write_run(tmp_path, "r")
+    out = tmp_path / "nested" / "curves.png"
+    assert report.plot_curves(run_dir, out, title="MNIST") == str(out)
+    check_png(out)
+
+
+def test_plot_curves_zero_error_and_empty_log(tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "log.jsonl").write_text(
+        json.dumps({"epoch": 1, "valid_error": 50.0, "test_error": 49.0}) + "\n"
+        + json.dumps({"epoch": 2, "valid_error": 0.0, "test_error": 0.0}) + "\n")
+    # A 0 % error cannot go on a log axis; the plot must still be drawn.
+    check_png(report.plot_curves(run_dir / "log.jsonl", tmp_path / "z.png"))
+    (run_dir / "log.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="no epochs"):
+        report.plot_curves(run_dir, tmp_path / "empty.png")
+
+
+def test_cli_writes_output_and_plots(tmp_path, capsys):
+    mnist = write_run(tmp_path / "runs", "mnist")
+    cifar = write_run(tmp_path / "runs", "cifar10", dataset="cifar10",
+                      test_error=11.0)
+    nolog = write_run(tmp_path / "runs", "svhn", dataset="svhn", log=False)
+    output = tmp_path / "out" / "report.md"
+    plots = tmp_path / "plots"
+    code = report.main([str(mnist), str(cifar / "result.json"), str(nolog),
+                        "--output", str(output), "--plots", str(plots)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert captured.out == output.read_text()
+    (header, rows), (_, details) = parse_tables(captured.out)
+    assert row_dict(header, rows, "this project: CIFAR-10 ConvNet, 4/4 epochs")["CIFAR-10"] == "11.00"
+    assert [d[0] for d in details] == ["mnist", "cifar10", "svhn"]
+    assert sorted(os.listdir(plots)) == ["cifar10_curves.png", "mnist_curves.png"]
+    for name in os.listdir(plots):
+        check_png(plots / name)
+    assert "svhn" in captured.err  # told why it has no plot
+
+
+def run_cli_error(capsys, argv):
+    code = report.main(argv)
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
+    assert "Traceback" not in captured.err
+    return lines[0]
+
+
+def test_cli_missing_key(tmp_path, capsys):
+    run_dir = write_run(tmp_path, "r")
+    data = json.loads((run_dir / "result.json").read_text())
+    del data["best_epoch"]
+    (run_dir / "result.json").write_text(json.dumps(data))
+    line = run_cli_error(capsys, [str(run_dir)])
+    assert str(run_dir / "result.json") in line and "best_epoch" in line
+
+
+def test_cli_invalid_json(tmp_path, capsys):
+    run_dir = write_run(tmp_path, "r")
+    (run_dir / "result.json").write_text('{"dataset": "mnist",\n  oops')
+    output = tmp_path / "report.md"
+    line = run_cli_error(capsys, [str(run_dir), "--output", str(output)])
+    assert str(run_dir / "result.json") in line and "invalid JSON" in line
+    assert not output.exists()
+
+
+def test_cli_missing_file(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert str(empty) in run_cli_error(capsys, [str(empty)])
+    missing = tmp_path / "nope" / "result.json"
+    assert str(missing) in run_cli_error(capsys, [str(missing)])
+
+
+def test_cli_bad_log_writes_no_plots(tmp_path, capsys):
+    good = write_run(tmp_path, "good")
+    bad = write_run(tmp_path, "bad")
+    (bad / "log.jsonl").write_text('{"epoch": 1}\nnot json\n')
+    plots = tmp_path / "plots"
+    line = run_cli_error(capsys, [str(good), str(bad), "--plots", str(plots)])
+    assert str(bad / "log.jsonl") + ":2" in line
+    assert not plots.exists() or not os.listdir(plots)
+
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as info:
+        report.main(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    assert "--output" in text and "--plots" in text and "examples" in text
+
+
+def test_module_does_not_import_theano_or_pyplot_at_top():
+    tree = ast.parse(open(report.__file__).read())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module.split(".")[0])
+    assert not imported & {"theano", "lasagne"}
+    top_level = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            top_level.update(a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            top_level.add(node.module.split(".")[0])
+    assert "matplotlib" not in top_level
