@@ -12,13 +12,16 @@ import numpy as np
 from binary_net import cli
 
 
+# The paper's split: the first 45,000 of train; validation: the last 5,000.
+TRAIN_ROWS = 45000
+
+
 def load_splits(args):
     from binary_net.datasets import CIFAR10
     options = dict(data_dir=args.data_dir, download=args.download, dtype="uint8")
-    train = CIFAR10("train", 0, 45000, **options)
-    valid = CIFAR10("train", 45000, 50000, **options)
+    train, valid = cli.split_train_valid(CIFAR10("train", **options), TRAIN_ROWS)
     test = CIFAR10("test", **options)
-    return [(s.X, s.y) for s in (train, valid, test)]
+    return [train, valid, (test.X, test.y)]
 
 
 def preprocess(X):
@@ -39,7 +42,7 @@ def main(argv=None):
     parser.add_argument_group("ConvNet").add_argument(
         "--width", type=float, default=1.0,
         help="multiplies every conv and dense width (1.0: the paper's network)")
-    return cli.run(parser.parse_args(argv), build_network, load_splits, preprocess)
+    return cli.run(parser.parse_args(argv), build_network, load_splits, preprocess, argv=argv)
 
 
 if __name__ == "__main__":

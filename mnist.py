@@ -11,13 +11,16 @@ import numpy as np
 from binary_net import cli
 
 
+# The paper's split: the first 50,000 of train; validation: the last 10,000.
+TRAIN_ROWS = 50000
+
+
 def load_splits(args):
     from binary_net.datasets import MNIST
     options = dict(data_dir=args.data_dir, download=args.download)
-    train = MNIST("train", 0, 50000, **options)
-    valid = MNIST("train", 50000, 60000, **options)
+    train, valid = cli.split_train_valid(MNIST("train", **options), TRAIN_ROWS)
     test = MNIST("test", **options)
-    return [(s.X, s.y) for s in (train, valid, test)]
+    return [train, valid, (test.X, test.y)]
 
 
 def preprocess(X):
@@ -39,11 +42,10 @@ def main(argv=None):
                                                         lr_start=0.003, lr_end=3e-7))
     model = parser.add_argument_group("MLP")
     model.add_argument("--num-units", type=int, default=4096, help="units per hidden layer")
-    model.add_argument("--num-hidden-layers", type=int, default=3)
+    model.add_argument("--num-hidden-layers", type=int, default=3, help="number of hidden layers")
     model.add_argument("--dropout-in", type=float, default=0.2, help="input dropout")
     model.add_argument("--dropout-hidden", type=float, default=0.5, help="hidden dropout")
-    args = parser.parse_args(argv)
-    return cli.run(args, build_network, load_splits, preprocess)
+    return cli.run(parser.parse_args(argv), build_network, load_splits, preprocess, argv=argv)
 
 
 if __name__ == "__main__":

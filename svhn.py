@@ -38,7 +38,7 @@ def main(argv=None):
     parser.add_argument_group("ConvNet").add_argument(
         "--width", type=float, default=1.0,
         help="multiplies every conv and dense width (1.0: the paper's network)")
-    return cli.run(parser.parse_args(argv), build_network, load_splits, preprocess)
+    return cli.run(parser.parse_args(argv), build_network, load_splits, preprocess, argv=argv)
 
 
 if __name__ == "__main__":

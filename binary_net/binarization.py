@@ -1,14 +1,14 @@
 """Binarization: hard sigmoid, straight-through rounding, binary units, weights.
 
-The paper's straight-through estimator is built from two pieces:
-
-* ``hard_sigmoid(x) = clip((x + 1) / 2, 0, 1)``, whose gradient is
-  ``1/2 * 1{|x| <= 1}``;
-* ``round3``, rounding whose gradient is the identity.
-
-so ``binary_tanh_unit(x) = 2 * round3(hard_sigmoid(x)) - 1`` is ``sign(x)``
-(+1 at 0) going forward and has gradient ``1{|x| <= 1}`` (``Htanh'``) going
-backward. Deterministic and stochastic binarization are chosen in one place,
+The paper's straight-through estimator: ``binary_tanh_unit(x)`` is
+``sign(x)`` (+1 at 0) going forward and passes the gradient through
+``Htanh(x) = clip(x, -1, 1)``, i.e. multiplies it by ``1{|x| <= 1}``, going
+backward. The 2016 code wrote it as ``2 * round3(hard_sigmoid(x)) - 1`` with
+``round3`` a rounding whose gradient is the identity; both pieces are here
+(:func:`hard_sigmoid`, :data:`round3`), but that composition returns +1 for
+``-3e-8 < x < 0`` because ``(x + 1) / 2`` rounds to 0.5 in float32, so the
+unit is one scalar op with exactly the paper's forward and backward.
+Deterministic and stochastic weight binarization are chosen in one place,
 :func:`binarize`.
 """
 from . import compat  # noqa: F401  (must precede Theano)
@@ -17,7 +17,7 @@ import theano
 import theano.tensor as T
 from theano import scalar
 
-__all__ = ["hard_sigmoid", "round3", "binary_tanh_unit", "binary_sigmoid_unit",
+__all__ = ["hard_sigmoid", "round3", "sign_st", "binary_tanh_unit", "binary_sigmoid_unit",
            "binarize", "glorot_scale", "ap2"]
 
 
@@ -44,19 +44,49 @@ round3_scalar = Round3(scalar.upgrade_to_float_no_complex, name="round3")
 round3 = T.Elemwise(round3_scalar, name="round3")
 
 
+class SignStraightThrough(scalar.UnaryScalarOp):
+    """``+1`` if ``x >= 0`` else ``-1``; gradient ``g * 1{|x| <= 1}``."""
+
+    nfunc_spec = None
+
+    def impl(self, x):
+        return np.where(x >= 0, 1., -1.).astype(np.asarray(x).dtype)
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        (x,), (z,) = inputs, outputs
+        # Branch-free: activations' signs are close to random.
+        return f"{z} = 2 * ({x} >= 0) - 1;"
+
+    def c_code_cache_version(self):
+        return (1,)
+
+    def grad(self, inputs, output_grads):
+        (x,), (gz,) = inputs, output_grads
+        inside = scalar.le(scalar.abs_(x), np.asarray(1., dtype=x.dtype))
+        return [gz * scalar.cast(inside, gz.dtype)]
+
+
+sign_st = T.Elemwise(SignStraightThrough(scalar.upgrade_to_float_no_complex,
+                                         name="sign_st"), name="sign_st")
+
+
 def hard_sigmoid(x):
-    """``clip((x + 1) / 2, 0, 1)``."""
-    return T.clip((x + 1.) / 2., 0, 1)
+    """``clip((x + 1) / 2, 0, 1)``, computed as ``(clip(x, -1, 1) + 1) / 2``.
+
+    Clipping first keeps the gradient ``1/2 * 1{|x| <= 1}`` exact in float32
+    (``(x + 1) / 2`` is 1.0 for ``x = 1 + 2**-23``, inside the clip's bounds).
+    """
+    return (T.clip(x, -1., 1.) + 1.) / 2.
 
 
 def binary_tanh_unit(x):
-    """Deterministic sign activation (+1 at 0) with gradient ``1{|x| <= 1}``."""
-    return 2. * round3(hard_sigmoid(x)) - 1.
+    """Sign activation (+1 at 0) with gradient ``1{|x| <= 1}`` (straight-through Htanh)."""
+    return sign_st(x)
 
 
 def binary_sigmoid_unit(x):
-    """0/1 step activation with gradient ``1/2 * 1{|x| <= 1}``."""
-    return round3(hard_sigmoid(x))
+    """0/1 step activation (1 at 0) with gradient ``1/2 * 1{|x| <= 1}``."""
+    return (sign_st(x) + 1.) / 2.
 
 
 def binarize(W, H=1., deterministic=True, srng=None):

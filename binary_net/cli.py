@@ -12,12 +12,25 @@ import sys
 
 import numpy as np
 
-__all__ = ["training_parser", "run", "subset"]
+__all__ = ["training_parser", "run", "subset", "split_train_valid", "RunError"]
 
 # Arguments that say where things are or how to show progress: a resumed run
 # may change them; every other argument must match the checkpoint's.
 LOCATION_ARGS = ("data_dir", "download", "output_dir", "resume", "progress",
                  "eval_batch_size")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show "(default: X)" where X means something (not for None or on/off flags)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+class RunError(Exception):
+    """A run that cannot start as asked (its message is shown as is)."""
 
 
 def training_parser(dataset, description, defaults):
@@ -27,14 +40,17 @@ def training_parser(dataset, description, defaults):
     batch_size, lr_start, lr_end); every default is shown in ``--help``.
     """
     parser = argparse.ArgumentParser(
-        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        description=description, formatter_class=_HelpFormatter)
     parser.set_defaults(dataset=dataset)
     run = parser.add_argument_group("schedule (defaults: the paper's Theano settings)")
     run.add_argument("--epochs", type=_positive_int, default=defaults["epochs"],
                      help="number of epochs; the LR decays from --lr-start to --lr-end over them")
-    run.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"])
-    run.add_argument("--lr-start", type=_positive_float, default=defaults["lr_start"])
-    run.add_argument("--lr-end", type=_positive_float, default=defaults["lr_end"])
+    run.add_argument("--batch-size", type=_positive_int, default=defaults["batch_size"],
+                     help="minibatch size")
+    run.add_argument("--lr-start", type=_positive_float, default=defaults["lr_start"],
+                     help="learning rate of the first epoch")
+    run.add_argument("--lr-end", type=_positive_float, default=defaults["lr_end"],
+                     help="learning rate reached after --epochs epochs")
     run.add_argument("--optimizer", choices=("adam", "shift-adamax"), default="adam",
                      help="Adam (the Theano runs) or the paper's shift-based AdaMax")
     run.add_argument("--seed", type=int, default=1234,
@@ -43,7 +59,7 @@ def training_parser(dataset, description, defaults):
     model = parser.add_argument_group("binarization and BatchNorm")
     model.add_argument("--stochastic", action="store_true",
                        help="stochastic weight binarization while training "
-                            "(default: deterministic, as in the paper's runs)")
+                            "(off: deterministic, as in the paper's runs)")
     model.add_argument("--H", type=_h_value, default=1.0,
                        help='binary weight magnitude, a number or "Glorot"')
     model.add_argument("--W-LR-scale", type=_h_value, default="Glorot",
@@ -52,12 +68,13 @@ def training_parser(dataset, description, defaults):
                        help="standard or the paper's shift-based BatchNorm")
     model.add_argument("--bn-alpha", type=_positive_float, default=0.1,
                        help="running-average factor of BatchNorm")
-    model.add_argument("--bn-epsilon", type=_positive_float, default=1e-4)
+    model.add_argument("--bn-epsilon", type=_positive_float, default=1e-4,
+                       help="added to the variance in BatchNorm")
 
     data = parser.add_argument_group("data and output")
     data.add_argument("--data-dir", default=None,
-                      help=f"folder with the {dataset} files (default: $BINARY_NET_DATA/"
-                           f"{dataset}, else ~/.binary_net/data/{dataset})")
+                      help=f"folder with the {dataset} files (if not given: "
+                           f"$BINARY_NET_DATA/{dataset}, else ~/.binary_net/data/{dataset})")
     data.add_argument("--download", action="store_true",
                       help="fetch missing files from the official source (checksums verified)")
     data.add_argument("--train-size", type=_positive_int, default=None,
@@ -71,7 +88,7 @@ def training_parser(dataset, description, defaults):
     data.add_argument("--resume", action="store_true",
                       help="continue from --output-dir/checkpoint.npz")
     data.add_argument("--eval-batch-size", type=_positive_int, default=None,
-                      help="minibatch size for validation/test (default: --batch-size)")
+                      help="minibatch size for validation/test (if not given: --batch-size)")
     data.add_argument("--no-progress", dest="progress", action="store_false",
                       help="no progress bar (one line per epoch is still printed)")
     return parser
@@ -82,11 +99,22 @@ def subset(X, y, size):
     if size is None:
         return X, y
     if size > len(X):
-        raise ValueError(f"asked for {size} examples, the split has {len(X)}")
+        raise RunError(f"asked for the first {size} examples of a split that has {len(X)}")
     return X[:size], y[:size]
 
 
-def run(args, build_network, load_splits, preprocess, input_ndim=4):
+def split_train_valid(dataset, train_rows):
+    """The paper's split of a training set: its first ``train_rows`` examples
+    train, the rest validate. Returns ``((X, y), (X, y))``."""
+    if len(dataset.X) <= train_rows:
+        raise RunError(f"{dataset.data_dir}: the {dataset.which_set} set has "
+                       f"{len(dataset.X)} examples; the paper's split trains on the first "
+                       f"{train_rows} and validates on the rest")
+    return ((dataset.X[:train_rows], dataset.y[:train_rows]),
+            (dataset.X[train_rows:], dataset.y[train_rows:]))
+
+
+def run(args, build_network, load_splits, preprocess, input_ndim=4, argv=None):
     """Build, train and report one run; returns the process exit status.
 
     Parameters
@@ -95,13 +123,16 @@ def run(args, build_network, load_splits, preprocess, input_ndim=4):
     build_network : callable(input_var, args) -> output Layer.
     load_splits : callable(args) -> ((X, y), (X, y), (X, y)) train/valid/test.
     preprocess : callable mapping a raw minibatch to float32 network input.
+    argv : list of str, optional
+        The command-line arguments, recorded with the results (default: sys.argv[1:]).
     """
     from .datasets import DatasetError
     from .training import TrainingError
 
     try:
-        return _run(args, build_network, load_splits, preprocess, input_ndim)
-    except (DatasetError, TrainingError, ValueError) as error:
+        return _run(args, build_network, load_splits, preprocess, input_ndim,
+                    sys.argv[1:] if argv is None else list(argv))
+    except (DatasetError, TrainingError, RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -111,10 +142,10 @@ def run(args, build_network, load_splits, preprocess, input_ndim=4):
         return 130
 
 
-def _run(args, build_network, load_splits, preprocess, input_ndim):
+def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
     checkpoint = os.path.join(args.output_dir, "checkpoint.npz")
     if os.path.exists(checkpoint) and not args.resume:
-        raise ValueError(f"{checkpoint} exists: add --resume to continue that run, "
+        raise RunError(f"{checkpoint} exists: add --resume to continue that run, "
                          "or choose another --output-dir")
 
     splits = [subset(X, y, size) for (X, y), size in
@@ -134,8 +165,8 @@ def _run(args, build_network, load_splits, preprocess, input_ndim):
     config = {key: value for key, value in sorted(vars(args).items())
               if key not in LOCATION_ARGS}
     print("config: " + json.dumps(config, sort_keys=True))
-    config["command"] = " ".join(shlex.quote(a) for a in [os.path.basename(sys.argv[0])]
-                                 + sys.argv[1:])
+    config["command"] = " ".join([f"python {args.dataset}.py"]
+                                 + [shlex.quote(a) for a in argv])
     trainer = Trainer(network, input_var, args.lr_start, args.lr_end, args.epochs,
                       args.batch_size, optimizer=args.optimizer, preprocess=preprocess,
                       output_dir=args.output_dir, seed=args.seed, config=config,

@@ -293,14 +293,26 @@ class Trainer:
             loss = float(self.train_fn(self.preprocess(X[index]),
                                        one_hot_pm1(y[index], self.num_classes), lr))
             if not math.isfinite(loss):
-                raise TrainingError(
-                    f"training loss became {loss} at epoch {epoch}, batch {count}; "
-                    f"stopped. Last good state: {self.checkpoint_path()} "
-                    f"(epoch {self.start_epoch if not self.history else self.history[-1]['epoch']})")
+                raise self._diverged(f"training loss became {loss} at epoch {epoch}, "
+                                     f"batch {count}")
             total += loss
             if count % 20 == 0 and hasattr(batches, "set_postfix"):
                 batches.set_postfix(loss=f"{total / count:.4f}")
+        # A NaN can hide behind sign(): the loss stays finite while weights or
+        # BatchNorm statistics do not. Check them once per epoch, before they
+        # reach the checkpoint.
+        for param in lasagne.layers.get_all_params(self.network):
+            value = param.get_value(borrow=True)
+            if not np.isfinite(value).all():
+                kind = "nan" if np.isnan(value).any() else "inf"
+                raise self._diverged(f"parameter {param.name} {value.shape} became {kind} "
+                                     f"during epoch {epoch}")
         return total / (full // self.batch_size)
+
+    def _diverged(self, what):
+        last = self.history[-1]["epoch"] if self.history else self.start_epoch
+        return TrainingError(f"{what}; stopped. Last good state: {self.checkpoint_path()} "
+                             f"(epoch {last})")
 
     def evaluate(self, X, y):
         """Mean loss and error rate (percent) over all of ``X``."""

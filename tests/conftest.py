@@ -4,7 +4,12 @@
 an empty ``blas__ldflags``, without which Theano fails on numpy 1.23), so it
 is imported here, before any test module imports Theano or Lasagne.
 """
-from binary_net import compat  # noqa: F401  (must precede Theano)
+import warnings
+
+with warnings.catch_warnings():
+    # Importing Theano-PyMC 1.1.2 warns about numpy.distutils and np.bool.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    from binary_net import compat  # noqa: F401  (must precede Theano)
 
 import os
 import sys
@@ -21,6 +26,10 @@ if ROOT not in sys.path:
 def pytest_configure(config):
     config.addinivalue_line(
         "markers", "slow: a test that trains or compiles several networks (not skipped by default)")
+    # Theano-PyMC 1.1.2 and Lasagne 0.1 use numpy and setuptools APIs that are
+    # deprecated (np.bool, numpy.distutils, pkg_resources): not ours to fix.
+    for module in ("theano", "lasagne"):
+        config.addinivalue_line("filterwarnings", f"ignore::DeprecationWarning:{module}.*")
 
 
 @pytest.fixture

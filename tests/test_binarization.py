@@ -41,7 +41,7 @@ def units_fn():
 
 
 # Values whose float32 representation is not within float32 rounding of the
-# hard sigmoid's kinks (see the xfail tests below for those).
+# hard sigmoid's kinks (the tests below take those one by one).
 GRID = np.array([-1e6, -37.5, -2., -1.5, -1.0000002, -1., -0.9999999, -0.75, -0.5, -1e-3,
                  -1e-7, 0., 1e-7, 1e-3, 0.5, 0.75, 0.9999999, 1., 1.0000002, 1.5, 2.,
                  37.5, 1e6], dtype=F32)
@@ -85,10 +85,7 @@ def test_binary_sigmoid_forward_and_gradient(units_fn):
 @pytest.mark.parametrize("which", ["tanh", "sigmoid"])
 @pytest.mark.parametrize("value", [
     pytest.param(-JUST_ABOVE_ONE, id="-1.0000001"),
-    pytest.param(JUST_ABOVE_ONE, id="+1.0000001", marks=pytest.mark.xfail(
-        strict=True, reason="library bug: hard_sigmoid computes (x + 1) / 2 in float32, "
-        "which rounds x = 1 + 2**-23 to exactly 1, so the clip gradient is 1 (tanh) / "
-        "0.5 (sigmoid) there instead of 0; clipping x to [-1, 1] first would be exact")),
+    pytest.param(JUST_ABOVE_ONE, id="+1.0000001"),
 ])
 def test_gradient_is_zero_just_outside_the_unit_interval(units_fn, which, value):
     outputs = units_fn([value])
@@ -97,9 +94,6 @@ def test_gradient_is_zero_just_outside_the_unit_interval(units_fn, which, value)
     assert grad[0] == 0.
 
 
-@pytest.mark.xfail(strict=True, reason="binary_tanh_unit(x) is +1 for -3e-8 < x < 0: "
-                   "(x + 1) / 2 rounds to 0.5 in float32 (the 2016 code does the same); "
-                   "the docstring promises sign(x)")
 def test_binary_tanh_of_tiny_negative_is_minus_one(units_fn):
     out = units_fn([-1e-8, -2e-8])[0]
     np.testing.assert_array_equal(out, [-1., -1.])

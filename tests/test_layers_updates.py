@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from binary_net import binarization, layers, models, training, updates  # before theano
+from binary_net import binarization, models, training, updates  # before theano
 from binary_net.layers import BatchNormLayer, Conv2DLayer, DenseLayer
 
 import lasagne
@@ -38,7 +38,8 @@ def dense_net():
     half = DenseLayer(l_in, 4, H=0.5, stochastic=True, nonlinearity=identity)
     fn = theano.function([x], [get_output(plain, deterministic=True),
                                get_output(plain, deterministic=False),
-                               get_output(half, deterministic=True)])
+                               get_output(half, deterministic=True),
+                               get_output(half, deterministic=False)])
     return plain, half, fn
 
 
@@ -56,7 +57,7 @@ def test_dense_inference_uses_sign_of_weights(dense_net, seed):
     half.b.set_value(b2)
     x = rng.normal(size=(5, 6)).astype(F32)
 
-    det, train, det_half = fn(x)
+    det, train, det_half, _ = fn(x)
     expected = x.astype(np.float64) @ sign_pm1(W) + b
     np.testing.assert_allclose(det, expected, rtol=1e-5, atol=1e-5)
     # Deterministic binarization while training too (stochastic=False).
@@ -66,6 +67,29 @@ def test_dense_inference_uses_sign_of_weights(dense_net, seed):
                                rtol=1e-5, atol=1e-5)
     # ... which is not what the real-valued weights give.
     assert not np.allclose(det, x @ W + b, atol=1e-2)
+
+
+def test_stochastic_dense_training_output_samples_pm_H(dense_net):
+    _, half, fn = dense_net
+    rng = np.random.RandomState(3)
+    x = rng.normal(size=(5, 6)).astype(F32)
+    b = rng.normal(size=4).astype(F32)
+    half.b.set_value(b)
+    # |W| >= H: probability 0 or 1, so the sampled weights are sign(W) * H.
+    W = np.where(rng.rand(6, 4) < 0.5, -1., 1.) * rng.choice([0.5, 0.75, 3.], size=(6, 4))
+    half.W.set_value(W.astype(F32))
+    train = fn(x)[3]
+    np.testing.assert_allclose(train, x.astype(np.float64) @ (0.5 * sign_pm1(W)) + b,
+                               rtol=1e-5, atol=1e-5)
+    # W = 0: each weight is +-H with probability 1/2, drawn anew at every call.
+    half.W.set_value(np.zeros((6, 4), F32))
+    x_unit = np.eye(6, dtype=F32)      # row i of the output is row i of Wb (+ b)
+    draws = np.array([fn(x_unit)[3] - b for _ in range(40)])
+    assert set(np.round(np.unique(draws), 5)) == {-0.5, 0.5}
+    assert 0.35 < np.mean(draws > 0) < 0.65
+    assert not np.array_equal(draws[0], draws[1])
+    # Inference stays deterministic: +H where W >= 0.
+    np.testing.assert_allclose(fn(x_unit)[2] - b, np.full((6, 4), 0.5), atol=1e-6)
 
 
 def conv_reference(x, Wb, b, pad, stride):
@@ -90,26 +114,29 @@ def conv_net():
     l_in = InputLayer((None, 2, 5, 6), input_var=x)
     same = Conv2DLayer(l_in, 3, (3, 3), pad=1, nonlinearity=identity)
     strided = Conv2DLayer(l_in, 2, (2, 3), stride=(2, 1), H=0.5, nonlinearity=identity)
+    same_str = Conv2DLayer(l_in, 3, (3, 3), pad="same", nonlinearity=identity)
     fn = theano.function([x], [get_output(same, deterministic=True),
-                               get_output(strided, deterministic=True)])
-    return same, strided, fn
+                               get_output(strided, deterministic=True),
+                               get_output(same_str, deterministic=True)])
+    return same, strided, same_str, fn
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_conv_inference_uses_binarized_filters(conv_net, seed):
-    same, strided, fn = conv_net
+    same, strided, same_str, fn = conv_net
     rng = np.random.RandomState(seed)
     W = rng.uniform(-1, 1, size=(3, 2, 3, 3)).astype(F32)
     W[0, 0, 0, 0] = 0.
     W2 = rng.uniform(-1, 1, size=(2, 2, 2, 3)).astype(F32)
     b, b2 = rng.normal(size=3).astype(F32), rng.normal(size=2).astype(F32)
-    same.W.set_value(W)
-    same.b.set_value(b)
+    for layer in (same, same_str):
+        layer.W.set_value(W)
+        layer.b.set_value(b)
     strided.W.set_value(W2)
     strided.b.set_value(b2)
     x = rng.normal(size=(4, 2, 5, 6)).astype(F32)
 
-    out_same, out_strided = fn(x)
+    out_same, out_strided, out_same_str = fn(x)
     Wb = sign_pm1(W)
     assert out_same.shape == (4, 3, 5, 6)
     np.testing.assert_allclose(out_same, conv_reference(x, Wb, b, 1, (1, 1)),
@@ -122,6 +149,8 @@ def test_conv_inference_uses_binarized_filters(conv_net, seed):
     # Not a correlation: flipping matters for these asymmetric filters.
     correlation = conv_reference(x, Wb[:, :, ::-1, ::-1], b, 1, (1, 1))
     assert not np.allclose(out_same, correlation, atol=1e-2)
+
+    np.testing.assert_allclose(out_same_str, out_same, rtol=1e-6, atol=1e-6)   # pad="same"
 
     assert out_strided.shape == (4, 2, 2, 4)
     np.testing.assert_allclose(out_strided, conv_reference(x, 0.5 * sign_pm1(W2), b2, 0, (2, 1)),
