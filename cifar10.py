@@ -7,8 +7,6 @@ Data: the CIFAR-10 python batches (cifar-10-batches-py); use --download to fetch
 """
 import sys
 
-import numpy as np
-
 from binary_net import cli
 
 
@@ -24,25 +22,12 @@ def load_splits(args):
     return [train, valid, (test.X, test.y)]
 
 
-def preprocess(X):
-    """Bytes to [-1, 1] (2x/255 - 1, computed in float64 as the 2016 code did)."""
-    return (X * (2. / 255.) - 1.).astype(np.float32).reshape(-1, 3, 32, 32)
-
-
-def build_network(input_var, args):
-    from binary_net.models import cifar10_convnet
-    return cifar10_convnet(input_var, width=args.width, stochastic=args.stochastic, H=args.H,
-                           W_LR_scale=args.W_LR_scale, epsilon=args.bn_epsilon,
-                           alpha=args.bn_alpha, shift_based_bn=args.batchnorm == "shift")
+# The paper's Theano settings.
+DEFAULTS = dict(epochs=500, batch_size=50, lr_start=0.001, lr_end=3e-7)
 
 
 def main(argv=None):
-    parser = cli.training_parser("cifar10", __doc__, dict(epochs=500, batch_size=50,
-                                                          lr_start=0.001, lr_end=3e-7))
-    parser.add_argument_group("ConvNet").add_argument(
-        "--width", type=float, default=1.0,
-        help="multiplies every conv and dense width (1.0: the paper's network)")
-    return cli.run(parser.parse_args(argv), build_network, load_splits, preprocess, argv=argv)
+    return cli.convnet_main("cifar10", __doc__, DEFAULTS, load_splits, "cifar10_convnet", argv=argv)
 
 
 if __name__ == "__main__":

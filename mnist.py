@@ -32,9 +32,7 @@ def build_network(input_var, args):
     from binary_net.models import mlp
     return mlp(input_var, num_units=args.num_units, num_hidden_layers=args.num_hidden_layers,
                dropout_in=args.dropout_in, dropout_hidden=args.dropout_hidden,
-               stochastic=args.stochastic, H=args.H, W_LR_scale=args.W_LR_scale,
-               epsilon=args.bn_epsilon, alpha=args.bn_alpha,
-               shift_based_bn=args.batchnorm == "shift")
+               **cli.binary_options(args))
 
 
 def main(argv=None):

@@ -8,8 +8,6 @@ Data: train_32x32.mat, test_32x32.mat, extra_32x32.mat (format 2); --download fe
 """
 import sys
 
-import numpy as np
-
 from binary_net import cli
 
 
@@ -20,25 +18,12 @@ def load_splits(args):
                                  SVHN("valid", **options), SVHN("test", **options))]
 
 
-def preprocess(X):
-    """Bytes to [-1, 1] (2x/255 - 1, computed in float64 as the 2016 code did)."""
-    return (X * (2. / 255.) - 1.).astype(np.float32).reshape(-1, 3, 32, 32)
-
-
-def build_network(input_var, args):
-    from binary_net.models import svhn_convnet
-    return svhn_convnet(input_var, width=args.width, stochastic=args.stochastic, H=args.H,
-                        W_LR_scale=args.W_LR_scale, epsilon=args.bn_epsilon,
-                        alpha=args.bn_alpha, shift_based_bn=args.batchnorm == "shift")
+# The paper's Theano settings.
+DEFAULTS = dict(epochs=200, batch_size=50, lr_start=0.001, lr_end=1e-6)
 
 
 def main(argv=None):
-    parser = cli.training_parser("svhn", __doc__, dict(epochs=200, batch_size=50,
-                                                       lr_start=0.001, lr_end=1e-6))
-    parser.add_argument_group("ConvNet").add_argument(
-        "--width", type=float, default=1.0,
-        help="multiplies every conv and dense width (1.0: the paper's network)")
-    return cli.run(parser.parse_args(argv), build_network, load_splits, preprocess, argv=argv)
+    return cli.convnet_main("svhn", __doc__, DEFAULTS, load_splits, "svhn_convnet", argv=argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ import sys
 
 import numpy as np
 
-__all__ = ["training_parser", "run", "subset", "split_train_valid", "RunError"]
+__all__ = ["training_parser", "run", "subset", "split_train_valid", "RunError",
+           "bytes_to_pm1", "binary_options", "convnet_main"]
 
 # Arguments that say where things are or how to show progress: a resumed run
 # may change them; every other argument must match the checkpoint's.
@@ -194,3 +195,38 @@ def _positive_float(text):
 
 def _h_value(text):
     return "Glorot" if text == "Glorot" else _positive_float(text)
+
+
+def bytes_to_pm1(X):
+    """Image bytes (N, 3072) to network input (N, 3, 32, 32) in [-1, 1].
+
+    ``2x/255 - 1`` computed in float64 and rounded once to float32, as the
+    2016 code did.
+    """
+    return (X * (2. / 255.) - 1.).astype(np.float32).reshape(-1, 3, 32, 32)
+
+
+def binary_options(args):
+    """The model keyword arguments that come from the shared flags."""
+    return dict(stochastic=args.stochastic, H=args.H, W_LR_scale=args.W_LR_scale,
+                epsilon=args.bn_epsilon, alpha=args.bn_alpha,
+                shift_based_bn=args.batchnorm == "shift")
+
+
+def convnet_main(dataset, description, defaults, load_splits, model, argv=None):
+    """``main`` of a ConvNet script: shared flags plus ``--width``, then :func:`run`.
+
+    ``model`` names the builder in :mod:`binary_net.models` (imported only
+    when training starts, so ``--help`` stays quick).
+    """
+    parser = training_parser(dataset, description, defaults)
+    parser.add_argument_group("ConvNet").add_argument(
+        "--width", type=float, default=1.0,
+        help="multiplies every conv and dense width (1.0: the paper's network)")
+    args = parser.parse_args(argv)
+
+    def build_network(input_var, args):
+        from . import models
+        return getattr(models, model)(input_var, width=args.width, **binary_options(args))
+
+    return run(args, build_network, load_splits, bytes_to_pm1, argv=argv)

@@ -195,14 +195,22 @@ class Trainer:
         test_loss = squared_hinge_loss(test_output, target_var)
         errors = T.sum(T.neq(T.argmax(test_output, axis=1), T.argmax(target_var, axis=1)))
         self.eval_fn = theano.function([input_var, target_var], [test_loss, errors], mode=mode)
-        self.predict_fn = theano.function([input_var], T.argmax(test_output, axis=1),
-                                          mode=mode)
+        self._predict = ([input_var], T.argmax(test_output, axis=1), mode)
 
         self._state_vars = self._collect_state(network, self.train_fn)
         self.history = []
         self.start_epoch = 0
         self.best = {"valid_error": math.inf, "epoch": 0, "test_error": None,
                      "test_loss": None}
+
+    @property
+    def predict_fn(self):
+        """Compiled on first use: ``predict_fn(X)`` gives the predicted classes."""
+        if callable(self._predict):
+            return self._predict
+        inputs, outputs, mode = self._predict
+        self._predict = theano.function(inputs, outputs, mode=mode)
+        return self._predict
 
     # -- state -----------------------------------------------------------
     @staticmethod

@@ -244,7 +244,7 @@ def test_cifar10_script_end_to_end_on_tiny_official_files(cifar_dir, tmp_path, m
 
 def test_cifar10_preprocess_maps_bytes_to_pm1():
     X = np.array([[0, 255, 51] + [0] * 3069], np.uint8)
-    out = cifar10.preprocess(X)
+    out = cli.bytes_to_pm1(X)
     assert out.shape == (1, 3, 32, 32) and out.dtype == np.float32
     assert out[0, 0, 0, 0] == -1. and out[0, 0, 0, 1] == 1.
     assert out[0, 0, 0, 2] == pytest.approx(2. * 51. / 255. - 1., abs=1e-7)
