@@ -240,7 +240,8 @@ class Trainer:
         meta = {"epoch": epoch, "best": self.best, "history": self.history,
                 "config": self.config, "rng": [rng_name, int(pos), int(has_gauss),
                                                float(cached)]}
-        arrays = {f"state_{i}": var.get_value() for i, var in enumerate(self._state_vars)}
+        arrays = {f"state_{i}": var.get_value(borrow=True)
+                  for i, var in enumerate(self._state_vars)}
         atomic_savez(self.checkpoint_path(), meta=np.array(json.dumps(meta)),
                      rng_keys=keys, **arrays)
 
