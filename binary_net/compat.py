@@ -21,6 +21,12 @@ does three things, in this order:
    ``max_pool_2d(input, ds, ignore_border, st, padding, mode)`` (now
    ``theano.tensor.signal.pool.pool_2d``).
 
+4. ``OMP_WAIT_POLICY=PASSIVE`` unless the user set it: the project's C ops
+   (fused weight update, XNOR kernels) use OpenMP, whose idle threads
+   otherwise spin and take the cores from OpenBLAS's threads in the matrix
+   products that follow (measured: a 784-512x3-10 training step went from
+   18 ms to 35 ms with spinning threads, to 13 ms with passive ones).
+
 Nothing here changes numerical behaviour.
 """
 import ctypes
@@ -107,6 +113,8 @@ def _alias_lasagne_names():
 
 _set_theano_defaults()
 _tune_malloc()
+# Read by libgomp when the first OpenMP module loads, i.e. after this.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Theano announces at WARNING level that it uses numpy's BLAS: that is the intent.
 logging.getLogger("theano.tensor.blas").setLevel(logging.ERROR)
 _alias_lasagne_names()

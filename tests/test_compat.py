@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_python(code, env_extra):
     env = dict(os.environ)
-    env.pop("THEANO_FLAGS", None)
+    # This process imported binary_net.compat already (conftest): start clean.
+    for name in ("THEANO_FLAGS", "OMP_WAIT_POLICY"):
+        env.pop(name, None)
     env.update(env_extra)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
@@ -57,3 +59,9 @@ def test_package_import_does_not_load_theano():
     line = run_python("import sys, binary_net, binary_net.datasets, binary_net.report; "
                       "print('theano' in sys.modules, 'lasagne' in sys.modules)", {})
     assert line == "False False"
+
+
+def test_openmp_threads_wait_passively_unless_the_user_chose():
+    code = "import os, binary_net.compat; print(os.environ.get('OMP_WAIT_POLICY'))"
+    assert run_python(code, {}) == "PASSIVE"
+    assert run_python(code, {"OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
