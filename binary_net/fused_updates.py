@@ -73,7 +73,7 @@ class BinaryAdamStep(COp):
         return ["<math.h>"]
 
     def c_code_cache_version(self):
-        return (1,)
+        return (2,)
 
     def c_code(self, node, name, inputs, outputs, sub):
         W, m, v, g, a_t = inputs
@@ -85,14 +85,22 @@ class BinaryAdamStep(COp):
         scale, H = repr(np.float32(self.scale).item()), repr(np.float32(self.H).item())
         return f"""
         {{
-            PyArrayObject* arrays[4] = {{{W}, {m}, {v}, {g}}};
+            // Gradients can arrive as views (a conv filter gradient is a
+            // flipped one): work on C-contiguous arrays, copying only those.
+            PyArrayObject* given[4] = {{{W}, {m}, {v}, {g}}};
+            PyArrayObject* arrays[4] = {{NULL, NULL, NULL, NULL}};
             const npy_intp n = PyArray_SIZE({W});
-            for (int i = 0; i < 4; ++i) {{
-                if (!PyArray_IS_C_CONTIGUOUS(arrays[i]) || PyArray_SIZE(arrays[i]) != n) {{
+            int ok = 1;
+            for (int i = 0; i < 4 && ok; ++i) {{
+                arrays[i] = PyArray_GETCONTIGUOUS(given[i]);
+                ok = arrays[i] != NULL && PyArray_SIZE(arrays[i]) == n;
+            }}
+            if (!ok) {{
+                for (int i = 0; i < 4; ++i) Py_XDECREF(arrays[i]);
+                if (!PyErr_Occurred())
                     PyErr_SetString(PyExc_ValueError,
-                        "BinaryAdamStep: W, m, v, g must be C-contiguous and of one size");
-                    {fail}
-                }}
+                                    "BinaryAdamStep: W, m, v, g must have one size");
+                {fail}
             }}
             PyArrayObject** outs[3] = {{&{W_out}, &{m_out}, &{v_out}}};
             for (int i = 0; i < 3; ++i) {{
@@ -101,13 +109,16 @@ class BinaryAdamStep(COp):
                     Py_XDECREF(*outs[i]);
                     *outs[i] = (PyArrayObject*)PyArray_EMPTY(PyArray_NDIM({W}),
                                                              PyArray_DIMS({W}), NPY_FLOAT32, 0);
-                    if (!*outs[i]) {{ {fail} }}
+                    if (!*outs[i]) {{
+                        for (int j = 0; j < 4; ++j) Py_DECREF(arrays[j]);
+                        {fail}
+                    }}
                 }}
             }}
-            const float* __restrict__ w = (const float*)PyArray_DATA({W});
-            const float* __restrict__ mm = (const float*)PyArray_DATA({m});
-            const float* __restrict__ vv = (const float*)PyArray_DATA({v});
-            const float* __restrict__ gg = (const float*)PyArray_DATA({g});
+            const float* __restrict__ w = (const float*)PyArray_DATA(arrays[0]);
+            const float* __restrict__ mm = (const float*)PyArray_DATA(arrays[1]);
+            const float* __restrict__ vv = (const float*)PyArray_DATA(arrays[2]);
+            const float* __restrict__ gg = (const float*)PyArray_DATA(arrays[3]);
             float* __restrict__ w_new = (float*)PyArray_DATA({W_out});
             float* __restrict__ m_new = (float*)PyArray_DATA({m_out});
             float* __restrict__ v_new = (float*)PyArray_DATA({v_out});
@@ -124,6 +135,7 @@ class BinaryAdamStep(COp):
                 wi = wi < -{H}f ? -{H}f : wi;
                 w_new[i] = wi > {H}f ? {H}f : wi;
             }}
+            for (int i = 0; i < 4; ++i) Py_DECREF(arrays[i]);
         }}
         """
 
