@@ -1010,6 +1010,21 @@ class _XnorCOp(COp):
         return (self._VERSION,)
 
 
+def _output_c(z, fail):
+    """C that (re)allocates the Ops' output ``z``: (M, N) int32 dot products,
+    or (M, words) uint64 packed bits when ``bits_out``."""
+    return f"""            const npy_intp out_words = ((N + 255) / 256) * 4;
+            npy_intp out_dims[2] = {{M, bits_out ? out_words : N}};
+            const int out_type = bits_out ? NPY_UINT64 : NPY_INT32;
+            if ({z} == NULL || PyArray_NDIM({z}) != 2 || PyArray_DIMS({z})[0] != out_dims[0]
+                || PyArray_DIMS({z})[1] != out_dims[1] || !PyArray_IS_C_CONTIGUOUS({z})) {{
+                Py_XDECREF({z});
+                {z} = (PyArrayObject*)PyArray_EMPTY(2, out_dims, out_type, 0);
+                if (!{z}) {{ {fail} }}
+            }}
+"""
+
+
 _OUTPUT_KINDS = ("int", "bits")
 
 
@@ -1138,16 +1153,7 @@ class XnorDense(_XnorCOp):
                 {fail}
             }}
             {thr_check}
-            const npy_intp out_words = ((N + 255) / 256) * 4;
-            npy_intp out_dims[2] = {{M, bits_out ? out_words : N}};
-            const int out_type = bits_out ? NPY_UINT64 : NPY_INT32;
-            if ({z} == NULL || PyArray_NDIM({z}) != 2 || PyArray_DIMS({z})[0] != out_dims[0]
-                || PyArray_DIMS({z})[1] != out_dims[1] || !PyArray_IS_C_CONTIGUOUS({z})) {{
-                Py_XDECREF({z});
-                {z} = (PyArrayObject*)PyArray_EMPTY(2, out_dims, out_type, 0);
-                if (!{z}) {{ {fail} }}
-            }}
-            PyArrayObject* x_c = PyArray_GETCONTIGUOUS({x});
+{_output_c(z, fail)}            PyArrayObject* x_c = PyArray_GETCONTIGUOUS({x});
             PyArrayObject* w_c = PyArray_GETCONTIGUOUS({w});
             PyArrayObject* t_c = bits_out ? PyArray_GETCONTIGUOUS((PyArrayObject*){thresholds}) : NULL;
             PyArrayObject* f_c = bits_out ? PyArray_GETCONTIGUOUS((PyArrayObject*){flip}) : NULL;
@@ -1252,16 +1258,7 @@ class PixelDense(_XnorCOp):
                 {fail}
             }}
             {thr_check}
-            const npy_intp out_words = ((N + 255) / 256) * 4;
-            npy_intp out_dims[2] = {{M, bits_out ? out_words : N}};
-            const int out_type = bits_out ? NPY_UINT64 : NPY_INT32;
-            if ({z} == NULL || PyArray_NDIM({z}) != 2 || PyArray_DIMS({z})[0] != out_dims[0]
-                || PyArray_DIMS({z})[1] != out_dims[1] || !PyArray_IS_C_CONTIGUOUS({z})) {{
-                Py_XDECREF({z});
-                {z} = (PyArrayObject*)PyArray_EMPTY(2, out_dims, out_type, 0);
-                if (!{z}) {{ {fail} }}
-            }}
-            PyArrayObject* p_c = PyArray_GETCONTIGUOUS({p});
+{_output_c(z, fail)}            PyArrayObject* p_c = PyArray_GETCONTIGUOUS({p});
             PyArrayObject* w_c = PyArray_GETCONTIGUOUS({w});
             PyArrayObject* t_c = bits_out ? PyArray_GETCONTIGUOUS((PyArrayObject*){thresholds}) : NULL;
             PyArrayObject* f_c = bits_out ? PyArray_GETCONTIGUOUS((PyArrayObject*){flip}) : NULL;
