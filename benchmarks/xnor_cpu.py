@@ -13,6 +13,11 @@ Everything runs side by side in one process, each timing the median of
    binarized network; predictions must be identical (asserted), test
    errors printed.
 3. The exported ``.bnn`` file against the float parameter file.
+4. The paper's CIFAR-10 ConvNet (random weights and BatchNorm statistics: no
+   trained ConvNet exists on these machines) on ``--convnet-batch`` random
+   32x32 RGB images: the ``xnor_cpu`` ConvNet run-time from its ``.bnn``
+   file against Theano float32 inference of the same binarized network;
+   predictions must be identical (asserted).
 
 Prints a Markdown table and writes JSON (default
 ``benchmarks/results/xnor_cpu.json``). Example::
@@ -171,6 +176,60 @@ def bench_mnist(params_path, data_dir, repeats, workdir):
     return result
 
 
+def random_convnet_params(rng, filters, units=1024, outputs=10, size=32, channels=3):
+    """Random parameters of ``models.convnet`` in ``get_all_param_values`` order.
+
+    BatchNorm statistics are drawn at the scale of a +-1 dot product, so the
+    sign decisions vary from image to image as in a trained network.
+    """
+    shapes = []
+    for index, f in enumerate(filters):
+        shapes.append((f, channels, 3, 3))
+        channels = f
+        size //= 2 if index % 2 else 1
+    n_in = channels * size * size
+    for n_out in (units, units, outputs):
+        shapes.append((n_in, n_out))
+        n_in = n_out
+    params = []
+    for shape in shapes:
+        n_out = shape[0] if len(shape) == 4 else shape[1]
+        fan_in = int(np.prod(shape[1:])) if len(shape) == 4 else shape[0]
+        params += [rng.randn(*shape).astype(np.float32), rng.randn(n_out).astype(np.float32),
+                   rng.randn(n_out).astype(np.float32), rng.randn(n_out).astype(np.float32),
+                   (rng.randn(n_out) * np.sqrt(fan_in) / 3).astype(np.float32),
+                   ((rng.rand(n_out) + 0.5) / np.sqrt(fan_in)).astype(np.float32)]
+    return params
+
+
+def bench_convnet(batch, repeats, rng, workdir):
+    from binary_net import xnor_conv
+    from binary_net.models import CIFAR10_FILTERS
+    params = random_convnet_params(rng, CIFAR10_FILTERS)
+    images = rng.randint(0, 256, size=(batch, 3, 32, 32)).astype(np.uint8)
+    model_path = os.path.join(workdir, "convnet.bnn")
+    binary_model.export_convnet(params, CIFAR10_FILTERS, model_path)
+    file_runtime = binary_model.load_model(model_path).runtime("xnor_cpu")
+    float_runtime = xnor_conv.build_runtime_convnet(params, kernel="theano")
+    float_time, float_scores = measure(lambda: float_runtime.scores(images), repeats)
+    float_labels = float_scores.argmax(1)
+    result = {"images": batch, "architecture": "CIFAR-10 ConvNet (paper), random weights",
+              "theano_float32": float_time, "model_bytes": os.path.getsize(model_path),
+              "paths": {}}
+    for label, isa in popcount_paths():
+        set_isa(isa)
+        xnor_time, xnor_scores = measure(lambda: file_runtime.scores(images), repeats)
+        labels = xnor_scores.argmax(1)
+        assert np.array_equal(float_labels, labels), \
+            f"{int((float_labels != labels).sum())} ConvNet predictions differ"
+        result["paths"][label] = {
+            "xnor": xnor_time, "speedup": float_time["median_s"] / xnor_time["median_s"],
+            "predictions_identical": True, "distinct_labels": int(len(set(labels))),
+            "scores_max_abs_difference": float(np.abs(float_scores - xnor_scores).max())}
+    set_isa("auto")
+    return result
+
+
 def _met(value, target):
     return "yes" if value >= target else "NO"
 
@@ -202,6 +261,13 @@ def markdown(report):
                     f"{mnist['params_bytes']:,} B (best_params.npz) | "
                     f"{mnist['size_ratio']:.1f}x smaller | >= {TARGETS['size_ratio']:.0f}x | "
                     f"{_met(mnist['size_ratio'], TARGETS['size_ratio'])} |")
+    conv = report.get("convnet")
+    if conv:
+        for label, path in conv["paths"].items():
+            rows.append(f"| {conv['architecture']}, batch {conv['images']} (conv popcount is "
+                        f"scalar) | {label} | {path['xnor']['median_s'] * 1e3:.1f} ms | Theano "
+                        f"float32 {conv['theano_float32']['median_s'] * 1e3:.1f} ms | "
+                        f"{path['speedup']:.1f}x | - | - |")
     return "\n".join(rows)
 
 
@@ -215,6 +281,8 @@ def main(argv=None):
     parser.add_argument("--output", default=os.path.join(os.path.dirname(
         os.path.abspath(__file__)), "results", "xnor_cpu.json"))
     parser.add_argument("--skip-mnist", action="store_true")
+    parser.add_argument("--convnet-batch", type=int, default=100,
+                        help="images for the CIFAR-10 ConvNet case (0 skips it)")
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error("--repeats must be at least 5")
@@ -237,6 +305,9 @@ def main(argv=None):
     if not args.skip_mnist:
         with tempfile.TemporaryDirectory() as workdir:
             report["mnist"] = bench_mnist(args.params, args.data_dir, args.repeats, workdir)
+    if args.convnet_batch > 0:
+        with tempfile.TemporaryDirectory() as workdir:
+            report["convnet"] = bench_convnet(args.convnet_batch, args.repeats, rng, workdir)
     report["load_average_at_end"] = load_average()
     report["finished_utc"] = datetime.datetime.utcnow().isoformat(timespec="seconds") + "Z"
     met = {}

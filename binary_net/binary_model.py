@@ -96,11 +96,12 @@ class BinaryModel:
         return all(layer.kind == "dense" for layer in self.layers)
 
     def runtime(self, kernel="xnor_cpu"):
-        """Compile the CPU run-time (:class:`binary_net.xnor_cpu.RuntimeMLP`)."""
-        if not self.is_mlp:
-            raise ValueError("CPU inference of conv layers is not implemented; this model "
-                             "file holds a ConvNet (export/load only)")
-        return xnor_cpu.build_runtime_mlp(self.layers, kernel=kernel)
+        """Compile the CPU run-time: :class:`binary_net.xnor_cpu.RuntimeMLP` for an
+        MLP, :class:`binary_net.xnor_conv.RuntimeConvNet` for a ConvNet."""
+        if self.is_mlp:
+            return xnor_cpu.build_runtime_mlp(self.layers, kernel=kernel)
+        from . import xnor_conv
+        return xnor_conv.build_runtime_convnet(self.layers, kernel=kernel)
 
     def describe(self):
         """One line per layer: kind, role, shape, what is stored."""
@@ -223,8 +224,9 @@ def export_convnet(params, filters, path=None, input_shape=(3, 32, 32), pool_aft
             rows = W.reshape(n_out, n_in)
             kind = "conv"
             channels = n_out
-            if pool_after[index]:
-                height, width = height // 2, width // 2
+            pool = geometry["pool"]
+            height = (height + 2 * geometry["pad"] - W.shape[2] + 1) // pool
+            width = (width + 2 * geometry["pad"] - W.shape[3] + 1) // pool
         else:
             expected = channels * height * width if index == len(filters) else None
             if W.ndim != 2 or (expected is not None and W.shape[0] != expected):
@@ -320,7 +322,11 @@ def _check_layers(path, model):
             if layer.n_in != channels * g["filter_h"] * g["filter_w"] or g["pool"] < 1:
                 raise fail(f"{name}: {layer.n_in} inputs do not match {channels} channels of "
                            f"{g['filter_h']}x{g['filter_w']} filters")
-            channels, height, width = layer.n_out, height // g["pool"], width // g["pool"]
+            height = (height + 2 * g["pad"] - g["filter_h"] + 1) // g["pool"]
+            width = (width + 2 * g["pad"] - g["filter_w"] + 1) // g["pool"]
+            if height < 1 or width < 1:
+                raise fail(f"{name} leaves no output pixels")
+            channels = layer.n_out
             flat = channels * height * width
         else:
             if layer.n_in != flat:

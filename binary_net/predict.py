@@ -7,8 +7,9 @@ Usage::
 
 INPUTS are IDX image files (``t10k-images-idx3-ubyte``, raw or ``.gz``), PNG
 files, or directories (every ``*.png`` inside, sorted by name). Images must
-be grayscale and of the model's size (28x28 for MNIST); an RGB(A) PNG is
-accepted when its three colour channels are equal. One line per image:
+be of the model's size and kind: grayscale for the MNIST MLP (28x28; an
+RGB(A) PNG is accepted when its three colour channels are equal), RGB PNGs
+for the ConvNets (32x32; alpha is ignored). One line per image:
 ``SOURCE<TAB>LABEL`` (and the scores with ``--scores``), or a JSON list with
 ``--json``. Problems print one ``error: ...`` line and exit with status 2.
 """
@@ -55,15 +56,22 @@ def read_idx_images(path):
     return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows, cols)
 
 
-def read_png(path):
-    """uint8 grayscale image (rows, cols) from a PNG file (via matplotlib)."""
+def read_png(path, channels=1):
+    """uint8 image from a PNG file (via matplotlib).
+
+    ``channels=1``: grayscale (rows, cols); ``channels=3``: RGB (3, rows, cols).
+    """
     import matplotlib.image
     try:
         image = matplotlib.image.imread(path, format="png")
     except Exception as error:  # matplotlib raises several types for bad files
         raise InputError(f"{path}: not a readable PNG ({' '.join(str(error).split())})") \
             from error
-    if image.ndim == 3:
+    if channels == 3:
+        if image.ndim != 3 or image.shape[2] not in (3, 4):
+            raise InputError(f"{path}: not an RGB image; the model takes colour images")
+        image = np.transpose(image[..., :3], (2, 0, 1))
+    elif image.ndim == 3:
         if image.shape[2] not in (3, 4):
             raise InputError(f"{path}: {image.shape[2]} channels, expected grayscale")
         if not (np.array_equal(image[..., 0], image[..., 1])
@@ -78,13 +86,19 @@ def read_png(path):
     return np.rint(np.clip(image.astype(np.float64), 0, 1) * 255).astype(np.uint8)
 
 
-def collect_inputs(paths):
+def collect_inputs(paths, channels=1):
     """Images and their source names from IDX files, PNG files and directories.
+
+    Parameters
+    ----------
+    paths : list of str
+    channels : int
+        1: grayscale (IDX or PNG); 3: RGB PNGs.
 
     Returns
     -------
-    images : list of uint8 arrays (rows, cols) (IDX files give one array
-        (N, rows, cols) each, kept whole)
+    images : list of uint8 arrays (1, rows, cols), or (1, 3, rows, cols) for
+        RGB (IDX files give one array (N, rows, cols) each, kept whole)
     names : list of str, one per image
     """
     blocks, names = [], []
@@ -95,13 +109,15 @@ def collect_inputs(paths):
                 raise InputError(f"{path}: directory holds no .png files")
             for name in pngs:
                 full = os.path.join(path, name)
-                blocks.append(read_png(full)[None])
+                blocks.append(read_png(full, channels)[None])
                 names.append(full)
         elif not os.path.exists(path):
             raise InputError(f"{path}: no such file or directory")
         elif path.lower().endswith(".png"):
-            blocks.append(read_png(path)[None])
+            blocks.append(read_png(path, channels)[None])
             names.append(path)
+        elif channels != 1:
+            raise InputError(f"{path}: the model takes colour images; give PNG files")
         else:
             images = read_idx_images(path)
             blocks.append(images)
@@ -111,14 +127,14 @@ def collect_inputs(paths):
 
 def _check_sizes(blocks, names, input_shape):
     channels, height, width = input_shape
-    if channels != 1:
+    if channels not in (1, 3):
         raise InputError(f"the model takes {channels}-channel images; this command reads "
-                         f"grayscale images only")
+                         f"grayscale and RGB images only")
     start = 0
     for block in blocks:
-        if block.shape[1:] != (height, width):
+        if block.shape[-2:] != (height, width):
             where = names[start].split("[")[0] if block.shape[0] > 1 else names[start]
-            raise InputError(f"{where}: images are {block.shape[1]}x{block.shape[2]}, the "
+            raise InputError(f"{where}: images are {block.shape[-2]}x{block.shape[-1]}, the "
                              f"model takes {height}x{width}")
         start += block.shape[0]
 
@@ -148,11 +164,9 @@ def _predict(argv):
     from .binary_model import ModelFileError, load_model
     try:
         model = load_model(args.model)
-        blocks, names = collect_inputs(args.inputs)
+        blocks, names = collect_inputs(args.inputs, model.input_shape[0])
         _check_sizes(blocks, names, model.input_shape)
         images = np.concatenate([b.reshape(b.shape[0], -1) for b in blocks])
-        if not model.is_mlp:
-            raise InputError(f"{args.model}: holds a ConvNet; CPU inference covers MLPs only")
         runtime = model.runtime("xnor_cpu")
     except (InputError, ModelFileError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,0 +1,766 @@
+"""CPU run-time for binary ConvNets: XNOR-popcount convolution as a Theano Op.
+
+The paper's ConvNets (``binary_net.models.convnet``) run here from a ``.bnn``
+file or from trained parameters:
+
+* the first conv layer takes real-valued input: Theano's float32 ``conv2d``
+  with the +-1 filters, max-pool, BatchNorm, sign -- the same float graph as
+  the float run-time (``kernel='theano'``), so its sign bits are the same --
+  and packs the result into bits;
+* every hidden conv layer is :class:`XnorConv`: packed bits in, the integer
+  dot product of each output pixel by XNOR + popcount over the filter taps
+  that fall inside the image (Lasagne pads with zeros, which are neither +1
+  nor -1, so padded taps are skipped, not counted), 2x2 max-pool on the
+  integers, then the folded bias + BatchNorm + sign threshold
+  (:func:`binary_net.xnor_cpu.fold_sign_thresholds`), packed bits out;
+* the dense layers are :class:`binary_net.xnor_cpu.XnorDense`, as in the MLP
+  run-time; the output layer gives float scores.
+
+Max-pool before a threshold is exact on the integers: ``sign(BN(max s))``
+thresholds ``max s`` (for ``gamma < 0`` the comparison is ``<=``, which is
+what the folded ``flip`` does).
+
+Packed activation layout
+------------------------
+``(M, H, W, words)`` uint64, one pixel's channels per ``words`` words: channel
+``c`` is bit ``c % 64`` of word ``c // 64``; bits beyond the channel count are
+zero. Filters are packed the same way, ``(F, fh, fw, words)``, already flipped
+(Lasagne's ``Conv2DLayer`` convolves, i.e. flips its filters; the file
+records that with ``flip_filters = 1``).
+"""
+from . import compat  # noqa: F401  (must precede Theano)
+
+import numpy as np
+import theano
+import theano.tensor as T
+from theano.graph.basic import Apply
+from theano.tensor.nnet import conv2d
+from theano.tensor.signal.pool import pool_2d
+
+from . import xnor_cpu as xc
+from .xnor_cpu import FoldedLayer, WORD_BITS
+
+__all__ = ["XnorConv", "xnor_conv", "xnor_conv_reference", "pack_channels",
+           "conv_filter_bits", "conv_gemm_weights", "SignPackNCHW", "RuntimeConvNet", "build_runtime_convnet", "KERNELS"]
+
+KERNELS = ("theano", "xnor_cpu")
+
+
+# ----------------------------------------------------------------------------
+# numpy references and layouts
+# ----------------------------------------------------------------------------
+
+def pack_channels(x, words=None):
+    """Pack the last axis of ``x`` (..., C) into 64-bit words, bit = ``x >= 0``.
+
+    Returns uint64 (..., words) with ``words = ceil(C / 64)`` by default.
+    """
+    x = np.asarray(x)
+    channels = x.shape[-1]
+    words = -(-channels // WORD_BITS) if words is None else int(words)
+    flat = xc.pack_bits(x.reshape(-1, channels), words=words)
+    return flat.reshape(x.shape[:-1] + (words,))
+
+
+def _unpack_channels(bits, channels):
+    """+-1 int64 (..., channels) from packed (..., words)."""
+    flat = xc.unpack_bits(bits.reshape(-1, bits.shape[-1]), channels)
+    return flat.reshape(bits.shape[:-1] + (channels,)).astype(np.int64)
+
+
+def conv_output_size(size, filter_size, pad, pool):
+    """Output rows (or columns) after a stride-1 conv and a ``pool`` x ``pool`` max-pool."""
+    return (size + 2 * pad - filter_size + 1) // pool
+
+
+def xnor_conv_reference(x_bits, w_bits, channels, pad, pool=1):
+    """Integer conv + max-pool of packed +-1 activations and filters (numpy, int64).
+
+    Parameters
+    ----------
+    x_bits : ndarray of uint64, shape (M, H, W, words)
+    w_bits : ndarray of uint64, shape (F, fh, fw, words)
+        Filters in correlation order (already flipped for a convolution).
+    channels : int
+        Channels per pixel (bits used per ``words`` words).
+    pad : int
+        Zero padding on every side; padded taps contribute 0.
+    pool : int
+        Max-pool window and stride (1: none); borders are dropped.
+
+    Returns
+    -------
+    ndarray of int64, shape (M, Hp, Wp, F)
+    """
+    x = _unpack_channels(x_bits, channels)
+    w = _unpack_channels(w_bits, channels)
+    M, H, W, _ = x.shape
+    F, fh, fw, _ = w.shape
+    padded = np.zeros((M, H + 2 * pad, W + 2 * pad, channels), dtype=np.int64)
+    padded[:, pad:pad + H, pad:pad + W] = x
+    ho, wo = H + 2 * pad - fh + 1, W + 2 * pad - fw + 1
+    s = np.zeros((M, ho, wo, F), dtype=np.int64)
+    for i in range(fh):
+        for j in range(fw):
+            s += padded[:, i:i + ho, j:j + wo] @ w[:, i, j].T
+    hp, wp = ho // pool, wo // pool
+    s = s[:, :hp * pool, :wp * pool].reshape(M, hp, pool, wp, pool, F)
+    return s.max(axis=(2, 4))
+
+
+def conv_filter_bits(weight_bits, channels, filter_h, filter_w, flip_filters=True, words=None):
+    """File layout of conv filters to the layout :class:`XnorConv` reads.
+
+    ``weight_bits`` (F, ceil(C fh fw / 64)) holds each filter flattened in
+    (channel, row, column) order; the result is (F, fh, fw, words), channel
+    bits per tap, spatially flipped when ``flip_filters`` (a convolution).
+    """
+    n_in = channels * filter_h * filter_w
+    signs = xc.unpack_bits(weight_bits, n_in).reshape(-1, channels, filter_h, filter_w)
+    if flip_filters:
+        signs = signs[:, :, ::-1, ::-1]
+    return pack_channels(signs.transpose(0, 2, 3, 1), words)
+
+
+# ----------------------------------------------------------------------------
+# The Op
+# ----------------------------------------------------------------------------
+
+_CONV_SUPPORT_CODE = r"""
+#ifndef BNN_XNOR_CONV_SUPPORT
+#define BNN_XNOR_CONV_SUPPORT
+#include <limits.h>
+
+/* int32 dot products buffered per chunk of images (about 32 MB) */
+#define BNN_CONV_CHUNK_INTS (1 << 23)
+
+/* Binary conv (stride 1, zero padding) + max-pool + optional threshold, as
+   im2col on packed bits + bnn_xnor_gemm + an epilogue.
+   x: (M, H, W, cw) packed pixels; w: (F, 2 kw) nibble-split filter rows, tap by tap
+   (row, column), cw words per tap, kw = the padded row length; tap_ones: (F, FH FW)
+   number of +1 weights per tap; C: channels used per pixel.
+   The GEMM sees every tap, padded taps as all-zero words (-1), over K' = FH FW 64 cw
+   bits with zero padding bits in both operands, and returns s' = K' - 2 popcount.
+   Lasagne's zero padding contributes 0, so the true sum is
+   s = s' - K' + valid C + 2 * (sum of tap_ones over the padded taps).
+   out_int: (M, HP, WP, F) max-pooled s; or out_bits: (M, HP, WP, out_words) with bit f
+   = (s >= t_f), or (s <= t_f) where flip_f. Returns -1 when out of memory. */
+static int bnn_xnor_conv(const uint64_t* x, npy_intp M, npy_intp H, npy_intp W, npy_intp cw,
+                         const uint64_t* w, npy_intp kw, const int32_t* tap_ones, npy_intp F,
+                         npy_intp FH, npy_intp FW, npy_intp C, npy_intp pad, npy_intp pool,
+                         int32_t* out_int, uint64_t* out_bits, npy_intp out_words,
+                         const int32_t* thresholds, const int8_t* flip)
+{
+    const npy_intp HO = H + 2 * pad - FH + 1, WO = W + 2 * pad - FW + 1;
+    const npy_intp HP = HO / pool, WP = WO / pool, taps = FH * FW;
+    const npy_intp k_seen = taps * 64 * cw;
+    npy_intp chunk = BNN_CONV_CHUNK_INTS / (HO * WO * F);
+    chunk = chunk < 1 ? 1 : (chunk > M ? M : chunk);
+    uint64_t* rows = (uint64_t*)malloc(sizeof(uint64_t) * chunk * HO * WO * kw);
+    int32_t* s = (int32_t*)malloc(sizeof(int32_t) * chunk * HO * WO * F);
+    int failed = !rows || !s;
+    for (npy_intp m0 = 0; m0 < M && !failed; m0 += chunk) {
+        const npy_intp mc = m0 + chunk < M ? chunk : M - m0;
+        const npy_intp n_rows = mc * HO * WO;
+        #pragma omp parallel for schedule(static)
+        for (npy_intp r = 0; r < n_rows; ++r) {
+            const npy_intp m = m0 + r / (HO * WO), y = (r / WO) % HO, xx = r % WO;
+            uint64_t* dst = rows + r * kw;
+            for (npy_intp i = 0; i < FH; ++i)
+                for (npy_intp j = 0; j < FW; ++j, dst += cw) {
+                    const npy_intp iy = y + i - pad, ix = xx + j - pad;
+                    if (iy < 0 || iy >= H || ix < 0 || ix >= W)
+                        memset(dst, 0, sizeof(uint64_t) * cw);
+                    else
+                        memcpy(dst, x + ((m * H + iy) * W + ix) * cw, sizeof(uint64_t) * cw);
+                }
+            memset(dst, 0, sizeof(uint64_t) * (kw - taps * cw));
+        }
+        if (bnn_xnor_gemm(rows, NULL, w, n_rows, F, kw, k_seen, s, NULL, 0, NULL, NULL) != 0) {
+            failed = 1;
+            break;
+        }
+        #pragma omp parallel
+        {
+            int64_t* best = (int64_t*)malloc(sizeof(int64_t) * F);
+            int64_t* fix = (int64_t*)malloc(sizeof(int64_t) * F);
+            if (!best || !fix) {
+                #pragma omp atomic write
+                failed = 1;
+            }
+            #pragma omp for schedule(static)
+            for (npy_intp p = 0; p < mc * HP * WP; ++p) {
+                if (!best || !fix)
+                    continue;
+                const npy_intp m = p / (HP * WP), yp = (p / WP) % HP, xp = p % WP;
+                for (npy_intp f = 0; f < F; ++f)
+                    best[f] = INT64_MIN;
+                for (npy_intp py = 0; py < pool; ++py)
+                    for (npy_intp px = 0; px < pool; ++px) {
+                        const npy_intp y = yp * pool + py, xx = xp * pool + px;
+                        npy_intp valid = 0;
+                        for (npy_intp f = 0; f < F; ++f)
+                            fix[f] = 0;
+                        for (npy_intp i = 0; i < FH; ++i)
+                            for (npy_intp j = 0; j < FW; ++j) {
+                                const npy_intp iy = y + i - pad, ix = xx + j - pad;
+                                if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
+                                    ++valid;
+                                    continue;
+                                }
+                                for (npy_intp f = 0; f < F; ++f)
+                                    fix[f] += 2 * (int64_t)tap_ones[f * taps + i * FW + j];
+                            }
+                        const int64_t base = (int64_t)valid * C - k_seen;
+                        const int32_t* row = s + ((m * HO + y) * WO + xx) * F;
+                        for (npy_intp f = 0; f < F; ++f) {
+                            const int64_t v = row[f] + base + fix[f];
+                            if (v > best[f])
+                                best[f] = v;
+                        }
+                    }
+                const npy_intp pixel = ((m0 + m) * HP + yp) * WP + xp;
+                if (out_int) {
+                    for (npy_intp f = 0; f < F; ++f)
+                        out_int[pixel * F + f] = (int32_t)best[f];
+                } else {
+                    uint64_t* dst = out_bits + pixel * out_words;
+                    memset(dst, 0, sizeof(uint64_t) * out_words);
+                    for (npy_intp f = 0; f < F; ++f) {
+                        const int on = flip[f] ? best[f] <= thresholds[f]
+                                               : best[f] >= thresholds[f];
+                        dst[f / 64] |= (uint64_t)on << (f % 64);
+                    }
+                }
+            }
+            free(best);
+            free(fix);
+        }
+    }
+    free(rows);
+    free(s);
+    return failed ? -1 : 0;
+}
+#endif
+"""
+
+
+def _tensor4(var, dtype, what):
+    var = T.as_tensor_variable(var)
+    if var.ndim != 4 or var.dtype != dtype:
+        raise TypeError(f"{what} must be a 4-d {dtype} tensor, got {var.type}")
+    return var
+
+
+class XnorConv(xc._XnorCOp):
+    """Binary conv layer on packed bits: XNOR + popcount, max-pool, threshold (C, OpenMP).
+
+    Im2col on the packed pixels, the XNOR GEMM of
+    :class:`binary_net.xnor_cpu.XnorDense` (AVX2 or AVX-512 popcount), then
+    a correction for the padded taps, the max-pool and the threshold.
+
+    Inputs: ``x`` (M, H, W, words) uint64 packed pixels; ``w`` (F, 2 kw)
+    uint64 nibble-split filter rows and ``tap_ones`` (F, fh fw) int32, both
+    from :func:`conv_gemm_weights`; ``geometry`` int64 ``[channels, pad,
+    pool, fh, fw]``; for ``output_kind='bits'`` also ``thresholds`` int32
+    (F,) and ``flip`` int8 (F,).
+
+    Output: ``'int'``: (M, Hp, Wp, F) int32 max-pooled dot products;
+    ``'bits'``: (M, Hp, Wp, ceil(F / 64)) uint64 packed sign bits.
+    """
+
+    __props__ = ("output_kind",)
+
+    def __init__(self, output_kind="bits"):
+        if output_kind not in ("int", "bits"):
+            raise ValueError(f"output_kind must be 'int' or 'bits', got {output_kind!r}")
+        self.output_kind = output_kind
+        super().__init__()
+
+    def c_support_code(self, **kwargs):
+        return super().c_support_code(**kwargs) + _CONV_SUPPORT_CODE
+
+    def make_node(self, x, w, tap_ones, geometry, thresholds=None, flip=None):
+        x = _tensor4(x, "uint64", "x")
+        geometry = T.as_tensor_variable(geometry)
+        if geometry.ndim != 1 or geometry.dtype != "int64":
+            raise TypeError(f"geometry must be an int64 vector, got {geometry.type}")
+        inputs = [x, xc._matrix(w, "uint64", "w"), xc._matrix(tap_ones, "int32", "tap_ones"),
+                  geometry]
+        if self.output_kind == "bits":
+            if thresholds is None or flip is None:
+                raise TypeError("'bits' output needs thresholds and flip")
+            inputs += [xc._vector(thresholds, "int32", "thresholds"),
+                       xc._vector(flip, "int8", "flip")]
+        dtype = "int32" if self.output_kind == "int" else "uint64"
+        return Apply(self, inputs, [T.TensorType(dtype, (False,) * 4)()])
+
+    def perform(self, node, inputs, output_storage):
+        x, w, tap_ones, geometry = inputs[:4]
+        channels, pad, pool, fh, fw = (int(v) for v in geometry)
+        words = x.shape[3]
+        if w.shape[1] != 2 * xc.packed_words(fh * fw * words * WORD_BITS):
+            raise ValueError(f"XnorConv: filter rows have {w.shape[1]} words, {fh}x{fw} taps "
+                             f"of {words} words need "
+                             f"{2 * xc.packed_words(fh * fw * words * WORD_BITS)}")
+        filters = xc.merge_nibbles(w)[:, :fh * fw * words].reshape(-1, fh, fw, words)
+        _check_conv_shapes(x.shape, filters.shape, channels, pad, pool)
+        s = xnor_conv_reference(x, filters, channels, pad, pool)
+        if self.output_kind == "int":
+            output_storage[0][0] = s.astype(np.int32)
+        else:
+            bits = xc.apply_thresholds_reference(s, inputs[4], inputs[5])
+            output_storage[0][0] = pack_channels(np.where(bits, 1., -1.))
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        x, w, tap_ones, geometry = inputs[:4]
+        bits_out = 1 if self.output_kind == "bits" else 0
+        thresholds, flip = (inputs[4], inputs[5]) if bits_out else ("NULL", "NULL")
+        (z,) = outputs
+        fail = sub["fail"]
+        thr_check = ""
+        if bits_out:
+            thr_check = f"""
+            if (PyArray_DIMS({thresholds})[0] != F || PyArray_DIMS({flip})[0] != F) {{
+                PyErr_Format(PyExc_ValueError, "XnorConv: %ld filters but %ld thresholds and "
+                             "%ld flip flags", (long)F, (long)PyArray_DIMS({thresholds})[0],
+                             (long)PyArray_DIMS({flip})[0]);
+                {fail}
+            }}"""
+        return f"""
+        {{
+            const int bits_out = {bits_out};
+            if (PyArray_DIMS({geometry})[0] != 5) {{
+                PyErr_SetString(PyExc_ValueError,
+                                "XnorConv: geometry must be [channels, pad, pool, fh, fw]");
+                {fail}
+            }}
+            PyArrayObject* g_c = PyArray_GETCONTIGUOUS({geometry});
+            if (!g_c) {{ {fail} }}
+            const npy_int64* g = (const npy_int64*)PyArray_DATA(g_c);
+            const npy_intp C = (npy_intp)g[0], pad = (npy_intp)g[1], pool = (npy_intp)g[2];
+            const npy_intp FH = (npy_intp)g[3], FW = (npy_intp)g[4];
+            Py_DECREF(g_c);
+            const npy_intp M = PyArray_DIMS({x})[0], H = PyArray_DIMS({x})[1];
+            const npy_intp W = PyArray_DIMS({x})[2], cw = PyArray_DIMS({x})[3];
+            const npy_intp F = PyArray_DIMS({w})[0];
+            if (C < 1 || C > 64 * cw || pad < 0 || pool < 1 || FH < 1 || FW < 1 || F < 1) {{
+                PyErr_Format(PyExc_ValueError, "XnorConv: bad geometry: %ld channels in %ld "
+                             "words, pad %ld, pool %ld, %ld filters of %ldx%ld", (long)C,
+                             (long)cw, (long)pad, (long)pool, (long)F, (long)FH, (long)FW);
+                {fail}
+            }}
+            const npy_intp kw = ((FH * FW * cw * 64 + 255) / 256) * 4;
+            if (PyArray_DIMS({w})[1] != 2 * kw) {{
+                PyErr_Format(PyExc_ValueError, "XnorConv: filter rows have %ld words, %ldx%ld "
+                             "taps of %ld words need %ld", (long)PyArray_DIMS({w})[1],
+                             (long)FH, (long)FW, (long)cw, (long)(2 * kw));
+                {fail}
+            }}
+            if (PyArray_DIMS({tap_ones})[0] != F || PyArray_DIMS({tap_ones})[1] != FH * FW) {{
+                PyErr_SetString(PyExc_ValueError, "XnorConv: tap_ones must have shape (filters, fh * fw)");
+                {fail}
+            }}
+            const npy_intp HP = (H + 2 * pad - FH + 1) / pool, WP = (W + 2 * pad - FW + 1) / pool;
+            if (H + 2 * pad - FH + 1 < 1 || W + 2 * pad - FW + 1 < 1 || HP < 1 || WP < 1) {{
+                PyErr_Format(PyExc_ValueError, "XnorConv: %ldx%ld input, pad %ld, %ldx%ld "
+                             "filters and pool %ld leave no output", (long)H, (long)W,
+                             (long)pad, (long)FH, (long)FW, (long)pool);
+                {fail}
+            }}
+            {thr_check}
+            const npy_intp out_words = (F + 63) / 64;
+            npy_intp out_dims[4] = {{M, HP, WP, bits_out ? out_words : F}};
+            const int out_type = bits_out ? NPY_UINT64 : NPY_INT32;
+            if ({z} == NULL || PyArray_NDIM({z}) != 4 || PyArray_DIMS({z})[0] != out_dims[0]
+                || PyArray_DIMS({z})[1] != out_dims[1] || PyArray_DIMS({z})[2] != out_dims[2]
+                || PyArray_DIMS({z})[3] != out_dims[3] || !PyArray_IS_C_CONTIGUOUS({z})) {{
+                Py_XDECREF({z});
+                {z} = (PyArrayObject*)PyArray_EMPTY(4, out_dims, out_type, 0);
+                if (!{z}) {{ {fail} }}
+            }}
+            PyArrayObject* x_c = PyArray_GETCONTIGUOUS({x});
+            PyArrayObject* w_c = PyArray_GETCONTIGUOUS({w});
+            PyArrayObject* o_c = PyArray_GETCONTIGUOUS({tap_ones});
+            PyArrayObject* t_c = bits_out ? PyArray_GETCONTIGUOUS((PyArrayObject*){thresholds}) : NULL;
+            PyArrayObject* f_c = bits_out ? PyArray_GETCONTIGUOUS((PyArrayObject*){flip}) : NULL;
+            int ok = x_c && w_c && o_c && (!bits_out || (t_c && f_c));
+            if (ok && M > 0) {{
+                if (bnn_xnor_conv((const uint64_t*)PyArray_DATA(x_c), M, H, W, cw,
+                                  (const uint64_t*)PyArray_DATA(w_c), kw,
+                                  (const int32_t*)PyArray_DATA(o_c), F, FH, FW, C, pad, pool,
+                                  bits_out ? NULL : (int32_t*)PyArray_DATA({z}),
+                                  bits_out ? (uint64_t*)PyArray_DATA({z}) : NULL, out_words,
+                                  bits_out ? (const int32_t*)PyArray_DATA(t_c) : NULL,
+                                  bits_out ? (const int8_t*)PyArray_DATA(f_c) : NULL) != 0) {{
+                    ok = 0;
+                    PyErr_NoMemory();
+                }}
+            }}
+            Py_XDECREF(x_c);
+            Py_XDECREF(w_c);
+            Py_XDECREF(o_c);
+            Py_XDECREF(t_c);
+            Py_XDECREF(f_c);
+            if (!ok) {{ {fail} }}
+        }}
+        """
+
+
+def _check_conv_shapes(x_shape, w_shape, channels, pad, pool):
+    """The Op's shape checks, for the Python implementation (same messages)."""
+    if not (1 <= channels <= WORD_BITS * x_shape[3] and pad >= 0 and pool >= 1):
+        raise ValueError(f"XnorConv: bad geometry: {channels} channels in {x_shape[3]} words, "
+                         f"pad {pad}, pool {pool}")
+    if min(conv_output_size(x_shape[1], w_shape[1], pad, pool),
+           conv_output_size(x_shape[2], w_shape[2], pad, pool)) < 1:
+        raise ValueError(f"XnorConv: {x_shape[1]}x{x_shape[2]} input, pad {pad}, "
+                         f"{w_shape[1]}x{w_shape[2]} filters and pool {pool} leave no output")
+
+
+def conv_gemm_weights(w_bits):
+    """Packed filters (F, fh, fw, words) to the two weight inputs of :class:`XnorConv`.
+
+    Returns the nibble-split filter rows (F, 2 * packed_words(fh fw 64 words))
+    and ``tap_ones`` (F, fh fw) int32, the number of +1 weights per tap.
+    """
+    w_bits = np.ascontiguousarray(w_bits, dtype=np.uint64)
+    F, fh, fw, words = w_bits.shape
+    rows = np.zeros((F, xc.packed_words(fh * fw * words * WORD_BITS)), dtype=np.uint64)
+    rows[:, :fh * fw * words] = w_bits.reshape(F, -1)
+    tap_ones = xc._popcount_words(w_bits.reshape(F, fh * fw, words)).astype(np.int32)
+    return xc.xnor_weights(rows), tap_ones
+
+
+def xnor_conv(x, w_bits, channels, pad, pool=1, thresholds=None, flip=None):
+    """Symbolic :class:`XnorConv` with filters ``w_bits`` (F, fh, fw, words), numpy.
+
+    int32 output without thresholds, packed bits with them.
+    """
+    w_split, tap_ones = conv_gemm_weights(w_bits)
+    F, fh, fw, words = np.shape(w_bits)
+    geometry = theano.shared(np.array([channels, pad, pool, fh, fw], dtype=np.int64),
+                             name="geometry")
+    inputs = [x, theano.shared(w_split, name="filters"), theano.shared(tap_ones), geometry]
+    if thresholds is None:
+        return XnorConv("int")(*inputs)
+    return XnorConv("bits")(*inputs, thresholds, flip)
+
+
+class SignPackNCHW(xc._XnorCOp):
+    """First-layer epilogue: float32 (M, C, H, W) pre-activations to packed sign bits.
+
+    Bit ``c`` of pixel (m, y, x) is ``((v + b) - mean) * scale + beta >= 0``
+    with ``v = pre[m, c, y, x]``, evaluated in float32 in exactly this order
+    (the order of the float run-time's Theano graph, and no FMA), so the bits
+    are those of the float network. Output (M, H, W, packed_words(C)) uint64.
+    Replaces a Theano elementwise pass, a transposing copy and a packing pass.
+    """
+
+    __props__ = ()
+
+    def make_node(self, pre, b, mean, scale, beta):
+        pre = _tensor4(pre, "float32", "pre")
+        vectors = [xc._vector(v, "float32", name)
+                   for v, name in ((b, "b"), (mean, "mean"), (scale, "scale"), (beta, "beta"))]
+        return Apply(self, [pre] + vectors, [T.TensorType("uint64", (False,) * 4)()])
+
+    def perform(self, node, inputs, output_storage):
+        pre, b, mean, scale, beta = inputs
+        shape = (1, -1, 1, 1)
+        h = ((pre + b.reshape(shape)) - mean.reshape(shape)) * scale.reshape(shape) \
+            + beta.reshape(shape)
+        signs = np.where(h >= 0, 1., -1.).transpose(0, 2, 3, 1)
+        output_storage[0][0] = pack_channels(signs, xc.packed_words(pre.shape[1]))
+
+    def c_code(self, node, name, inputs, outputs, sub):
+        pre, b, mean, scale, beta = inputs
+        (z,) = outputs
+        fail = sub["fail"]
+        return f"""
+        {{
+            const npy_intp M = PyArray_DIMS({pre})[0], C = PyArray_DIMS({pre})[1];
+            const npy_intp H = PyArray_DIMS({pre})[2], W = PyArray_DIMS({pre})[3];
+            if (PyArray_DIMS({b})[0] != C || PyArray_DIMS({mean})[0] != C
+                || PyArray_DIMS({scale})[0] != C || PyArray_DIMS({beta})[0] != C || C < 1) {{
+                PyErr_Format(PyExc_ValueError, "SignPackNCHW: %ld channels but BatchNorm "
+                             "vectors of other lengths", (long)C);
+                {fail}
+            }}
+            const npy_intp words = ((C + 255) / 256) * 4;
+            npy_intp dims[4] = {{M, H, W, words}};
+            Py_XDECREF({z});
+            {z} = (PyArrayObject*)PyArray_ZEROS(4, dims, NPY_UINT64, 0);
+            if (!{z}) {{ {fail} }}
+            PyArrayObject* p_c = PyArray_GETCONTIGUOUS({pre});
+            PyArrayObject* v_c[4] = {{PyArray_GETCONTIGUOUS({b}), PyArray_GETCONTIGUOUS({mean}),
+                                     PyArray_GETCONTIGUOUS({scale}), PyArray_GETCONTIGUOUS({beta})}};
+            int ok = p_c && v_c[0] && v_c[1] && v_c[2] && v_c[3];
+            if (ok) {{
+                const float* P = (const float*)PyArray_DATA(p_c);
+                const float* vb = (const float*)PyArray_DATA(v_c[0]);
+                const float* vm = (const float*)PyArray_DATA(v_c[1]);
+                const float* vs = (const float*)PyArray_DATA(v_c[2]);
+                const float* vt = (const float*)PyArray_DATA(v_c[3]);
+                uint64_t* out = (uint64_t*)PyArray_DATA({z});
+                #pragma omp parallel for schedule(static) if (M * C * H * W > 65536)
+                for (npy_intp row = 0; row < M * H; ++row) {{
+                    const npy_intp m = row / H, y = row % H;
+                    uint64_t* dst = out + row * W * words;
+                    for (npy_intp c = 0; c < C; ++c) {{
+                        const float* src = P + ((m * C + c) * H + y) * W;
+                        const uint64_t bit = (uint64_t)1 << (c % 64);
+                        for (npy_intp x = 0; x < W; ++x) {{
+                            const float h = ((src[x] + vb[c]) - vm[c]) * vs[c] + vt[c];
+                            if (h >= 0.0f)
+                                dst[x * words + c / 64] |= bit;
+                        }}
+                    }}
+                }}
+            }}
+            Py_XDECREF(p_c);
+            for (int i = 0; i < 4; ++i)
+                Py_XDECREF(v_c[i]);
+            if (!ok) {{ {fail} }}
+        }}
+        """
+
+
+# ----------------------------------------------------------------------------
+# The ConvNet run-time
+# ----------------------------------------------------------------------------
+
+def _broadcast(vector, ndim):
+    """A per-feature float32 vector shaped to broadcast along axis 1 of an ndim tensor."""
+    shared = theano.shared(np.asarray(vector, dtype=np.float32))
+    return shared.dimshuffle(*(["x", 0] + ["x"] * (ndim - 2)))
+
+
+def _bn_scale(fp):
+    """float32 ``gamma * inv_std``, computed once for both kernels."""
+    return np.asarray(fp["gamma"], np.float32) * np.asarray(fp["inv_std"], np.float32)
+
+
+def _batchnorm(s, fp):
+    """``(s + b - mean) * (gamma * inv_std) + beta`` in float32, as the trained network."""
+    n = s.ndim
+    return (s + _broadcast(fp["b"], n) - _broadcast(fp["mean"], n)) \
+        * _broadcast(_bn_scale(fp), n) + _broadcast(fp["beta"], n)
+
+
+def _sign(h):
+    return T.switch(T.ge(h, 0), np.float32(1), np.float32(-1))
+
+
+def _float_conv(h, signs, pad, pool):
+    """Theano float32 conv (flipped filters, as Lasagne) and max-pool, pre-bias."""
+    out = conv2d(h, theano.shared(signs), border_mode=(pad, pad), filter_flip=True)
+    if pool > 1:
+        out = pool_2d(out, ws=(pool, pool), ignore_border=True, mode="max")
+    return out
+
+
+def _conv_signs(layer):
+    """+-1 float32 filters (F, C, fh, fw) of a folded conv layer (file order)."""
+    g = layer.geometry
+    return np.ascontiguousarray(xc.unpack_bits(layer.weight_bits, layer.n_in).reshape(
+        layer.n_out, g["channels"], g["filter_h"], g["filter_w"]))
+
+
+def _check_convnet(layers):
+    if len(layers) < 2 or layers[0].kind != "conv" or layers[-1].kind != "dense":
+        raise ValueError("a ConvNet run-time needs a conv first layer and a dense output layer")
+    if layers[0].float_params is None:
+        raise ValueError("the first conv layer has no float bias/BatchNorm parameters "
+                         "(the ConvNet run-time takes real-valued input)")
+    for index, layer in enumerate(layers[1:], start=2):
+        if layer.kind == "conv" and layers[index - 2].kind != "conv":
+            raise ValueError(f"layer {index} is a conv layer after a dense layer")
+        if layer.kind == "conv" and not layer.geometry.get("flip_filters", 1):
+            raise ValueError(f"layer {index}: only flipped (Lasagne) filters are supported")
+
+
+def _dense_after_conv_bits(layer, height, width, channels, words):
+    """Dense weights for packed (H, W, words) input: rows permuted from Lasagne's
+    (channel, row, column) flattening, -1 (bit 0) in the padding bits.
+
+    Returns the nibble-split weights, the bit count K' the XnorDense sees and
+    the number of padding bits ``K' - n_in``.
+    """
+    signs = xc.unpack_bits(layer.weight_bits, layer.n_in).reshape(
+        layer.n_out, channels, height, width).transpose(0, 2, 3, 1)
+    rows = -np.ones((layer.n_out, height, width, words * WORD_BITS), dtype=np.float32)
+    rows[..., :channels] = signs
+    k_seen = height * width * words * WORD_BITS
+    rows = rows.reshape(layer.n_out, k_seen)
+    return xc.xnor_weights(xc.pack_bits(rows)), k_seen, k_seen - layer.n_in
+
+
+def _shifted(thresholds, shift):
+    """Thresholds on ``s' = s + shift`` (clamped to int32)."""
+    moved = np.asarray(thresholds, dtype=np.int64) + int(shift)
+    return np.clip(moved, -2**31, 2**31 - 1).astype(np.int32)
+
+
+def _build_xnor(layers):
+    """Theano graph of the XNOR run-time: float first conv, XnorConv, XnorDense."""
+    _check_convnet(layers)
+    x = T.tensor4("x", dtype="float32")
+    first = layers[0]
+    g = first.geometry
+    pre = _float_conv(x, _conv_signs(first), g["pad"], g["pool"])
+    fp = first.float_params
+    vectors = [theano.shared(np.asarray(v, np.float32))
+               for v in (fp["b"], fp["mean"], _bn_scale(fp), fp["beta"])]
+    h = SignPackNCHW()(pre, *vectors)  # (M, H, W, words) sign bits of the float BatchNorm
+    channels, height, width = first.n_out, *(
+        conv_output_size(size, fs, g["pad"], g["pool"])
+        for size, fs in ((g["height"], g["filter_h"]), (g["width"], g["filter_w"])))
+    words = xc.packed_words(channels)
+    spatial = True
+    for layer in layers[1:]:
+        if layer.kind == "conv":
+            g = layer.geometry
+            filters = conv_filter_bits(layer.weight_bits, g["channels"], g["filter_h"],
+                                       g["filter_w"], words=words)
+            h = xnor_conv(h, filters, channels, g["pad"], g["pool"],
+                          theano.shared(layer.thresholds), theano.shared(layer.flip))
+            channels = layer.n_out
+            height = conv_output_size(height, g["filter_h"], g["pad"], g["pool"])
+            width = conv_output_size(width, g["filter_w"], g["pad"], g["pool"])
+            words = -(-channels // WORD_BITS)
+            continue
+        if spatial:
+            w_split, k_seen, shift = _dense_after_conv_bits(layer, height, width, channels,
+                                                            words)
+            flat = h.reshape((h.shape[0], height * width * words))
+            extra = xc.packed_words(k_seen) - height * width * words
+            if extra:
+                flat = T.concatenate([flat, T.zeros((h.shape[0], extra), dtype="uint64")], axis=1)
+            h, spatial = flat, False
+        else:
+            w_split = xc.xnor_weights(xc._padded_bits(layer.weight_bits, layer.n_in))
+            k_seen, shift = layer.n_in, 0
+        w_split = theano.shared(w_split)
+        if layer.role == "output":
+            s = xc.xnor_dense(h, w_split, n_in=k_seen)
+            if shift:
+                s = s - np.int32(shift)
+            return x, _batchnorm(T.cast(s, "float32"), layer.float_params)
+        h = xc.xnor_dense(h, w_split, n_in=k_seen,
+                          thresholds=theano.shared(_shifted(layer.thresholds, shift)),
+                          flip=theano.shared(layer.flip))
+    raise ValueError("the last layer must be the output layer")
+
+
+def _build_theano(params, conv_count, pool_after, pad):
+    """Theano float32 inference of the binarized ConvNet from its float parameters."""
+    x = T.tensor4("x", dtype="float32")
+    h = x
+    n_layers = len(params) // 6
+    for index in range(n_layers):
+        W = np.asarray(params[6 * index], dtype=np.float32)
+        signs = np.where(W >= 0, np.float32(1), np.float32(-1))
+        fp = {name: np.asarray(params[6 * index + k], dtype=np.float32)
+              for k, name in enumerate(xc.FLOAT_PARAM_NAMES, start=1)}
+        if index < conv_count:
+            pre = _float_conv(h, signs, pad[index], 2 if pool_after[index] else 1)
+        else:
+            if h.ndim == 4:
+                h = h.flatten(2)
+            pre = T.dot(h, theano.shared(signs))
+        out = _batchnorm(pre, fp)
+        h = out if index == n_layers - 1 else _sign(out)
+    return x, h
+
+
+class RuntimeConvNet:
+    """A compiled ConvNet run-time: ``scores(X)`` and ``predict(X)`` on the CPU.
+
+    ``X`` is (M, C, H, W) or (M, C * H * W): uint8 pixels, turned into the
+    network input ``2 p / 255 - 1`` as ``cifar10.py`` / ``svhn.py`` do, or
+    float32 network input as is.
+    """
+
+    def __init__(self, function, kernel, input_shape, n_out):
+        self._function = function
+        self.kernel = kernel
+        self.input_shape = tuple(int(v) for v in input_shape)
+        self.n_out = int(n_out)
+
+    def _prepare(self, X):
+        X = np.asarray(X)
+        flat = int(np.prod(self.input_shape))
+        if X.ndim < 2 or int(np.prod(X.shape[1:])) != flat or \
+                (X.ndim == 4 and X.shape[1:] != self.input_shape):
+            raise ValueError(f"inputs have shape {X.shape}; the network takes images of shape "
+                             f"{self.input_shape}")
+        if X.dtype == np.uint8:
+            X = X * (2. / 255.) - 1.  # cli.bytes_to_pm1
+        return np.ascontiguousarray(X, dtype=np.float32).reshape((-1,) + self.input_shape)
+
+    def scores(self, X, batch_size=None):
+        """float32 scores (M, n_out): the output layer's BatchNorm output."""
+        X = self._prepare(X)
+        if len(X) == 0:
+            return np.zeros((0, self.n_out), np.float32)
+        if batch_size is None or batch_size >= len(X):
+            return self._function(X)
+        return np.concatenate([self._function(X[i:i + batch_size])
+                               for i in range(0, len(X), batch_size)])
+
+    def predict(self, X, batch_size=None):
+        """Class labels (M,) int64: argmax of :meth:`scores`."""
+        return np.argmax(self.scores(X, batch_size), axis=1)
+
+
+def build_runtime_convnet(source, kernel="xnor_cpu", input_shape=(3, 32, 32), pool_after=None):
+    """Compile a CPU run-time for a trained binary ConvNet.
+
+    Parameters
+    ----------
+    source : list of ndarray or list of FoldedLayer
+        ConvNet parameters in ``get_all_param_values`` order (6 arrays per
+        layer; conv layers have 4-d W), or folded layers
+        (``load_model(path).layers``, ``'xnor_cpu'`` only).
+    kernel : {"xnor_cpu", "theano"}
+        ``"xnor_cpu"``: :class:`XnorConv` / ``XnorDense`` on packed bits;
+        ``"theano"``: Theano float32 inference of the same binarized network.
+    input_shape : tuple of int
+        ``(channels, height, width)`` (taken from the layers when folded).
+    pool_after : sequence of bool, optional
+        Parameters only: 2x2 max-pool after each conv layer; default every
+        second one (the paper's networks).
+
+    Returns
+    -------
+    RuntimeConvNet
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    folded_given = len(source) > 0 and isinstance(source[0], FoldedLayer)
+    if folded_given:
+        if kernel == "theano":
+            raise ValueError("the 'theano' float kernel needs the float parameters "
+                             "(best_params.npz), not a binary model file")
+        layers = source
+        g = layers[0].geometry
+        input_shape = (g["channels"], g["height"], g["width"])
+    else:
+        params = list(source)
+        if len(params) == 0 or len(params) % 6:
+            raise ValueError(f"a ConvNet has 6 arrays per layer; got {len(params)} arrays")
+        filters = [np.shape(params[i])[0] for i in range(0, len(params), 6)
+                   if np.ndim(params[i]) == 4]
+        if pool_after is None:
+            pool_after = [index % 2 == 1 for index in range(len(filters))]
+        if kernel == "theano":
+            pads = [np.shape(params[6 * i])[2] // 2 for i in range(len(filters))]
+            x, scores = _build_theano(params, len(filters), list(pool_after), pads)
+            n_out = np.shape(params[-6])[1]
+            return RuntimeConvNet(theano.function([x], scores), kernel, input_shape, n_out)
+        from .binary_model import export_convnet
+        layers = export_convnet(params, filters, input_shape=input_shape,
+                                pool_after=pool_after).layers
+    x, scores = _build_xnor(layers)
+    return RuntimeConvNet(theano.function([x], scores), kernel, input_shape, layers[-1].n_out)
