@@ -18,7 +18,7 @@ __all__ = ["training_parser", "run", "subset", "split_train_valid", "RunError",
 # Arguments that say where things are or how to show progress: a resumed run
 # may change them; every other argument must match the checkpoint's.
 LOCATION_ARGS = ("data_dir", "download", "output_dir", "resume", "progress",
-                 "eval_batch_size")
+                 "eval_batch_size", "checkpoint_every")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -92,6 +92,13 @@ def training_parser(dataset, description, defaults):
                       help="minibatch size for validation/test (if not given: --batch-size)")
     data.add_argument("--no-progress", dest="progress", action="store_false",
                       help="no progress bar (one line per epoch is still printed)")
+    data.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
+                      help="write checkpoint.npz after every N-th epoch and the last")
+
+    compute = parser.add_argument_group("compute")
+    compute.add_argument("--backend", choices=("theano", "jax"), default="theano",
+                         help="theano: Theano's C backend on the CPU; jax: the same graph "
+                              "compiled with JAX (GPU if JAX sees one), pip install '.[jax]'")
     return parser
 
 
@@ -144,6 +151,13 @@ def run(args, build_network, load_splits, preprocess, input_ndim=4, argv=None):
 
 
 def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
+    backend = getattr(args, "backend", "theano")
+    if backend == "jax":
+        from .jax_backend import BackendError, require_jax
+        try:
+            require_jax()
+        except BackendError as error:
+            raise RunError(str(error)) from None
     checkpoint = os.path.join(args.output_dir, "checkpoint.npz")
     if os.path.exists(checkpoint) and not args.resume:
         raise RunError(f"{checkpoint} exists: add --resume to continue that run, "
@@ -165,13 +179,16 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
     network = build_network(input_var, args)
     config = {key: value for key, value in sorted(vars(args).items())
               if key not in LOCATION_ARGS}
+    if config.get("backend") == "theano":
+        del config["backend"]  # configs of Theano runs stay as they were
     print("config: " + json.dumps(config, sort_keys=True))
     config["command"] = " ".join([f"python {args.dataset}.py"]
                                  + [shlex.quote(a) for a in argv])
     trainer = Trainer(network, input_var, args.lr_start, args.lr_end, args.epochs,
                       args.batch_size, optimizer=args.optimizer, preprocess=preprocess,
                       output_dir=args.output_dir, seed=args.seed, config=config,
-                      progress=args.progress, eval_batch_size=args.eval_batch_size)
+                      progress=args.progress, eval_batch_size=args.eval_batch_size,
+                      backend=backend, checkpoint_every=getattr(args, "checkpoint_every", 1))
     result = trainer.fit(*splits, resume=args.resume)
     print(f"test error {result['test_error']:.2f}% at the best validation epoch "
           f"{result['best_epoch']} (valid {result['best_valid_error']:.2f}%); "

@@ -27,14 +27,34 @@ does three things, in this order:
    products that follow (measured: a 784-512x3-10 training step went from
    18 ms to 35 ms with spinning threads, to 13 ms with passive ones).
 
+5. Newer stacks only (numpy >= 1.24 or Python >= 3.12; nothing happens on
+   the project's Python 3.11 + numpy 1.23.5), before Theano is imported:
+   numpy aliases for the names Theano-PyMC and Lasagne 0.1 still use
+   (``np.int``, ``np.complex``, ``np.product``...; only those missing), a
+   stand-in ``numpy.distutils`` (gone with numpy 2 and Python 3.12) with
+   ``misc_util.get_numpy_include_dirs``, ``distutils`` (setuptools' or a
+   two-module stand-in) and ``pkg_resources`` (for Lasagne's version) when
+   missing, and, with numpy >= 2, the Theano flag ``cxx=`` unless
+   the user set ``cxx``: Theano's C code does not compile against numpy 2's
+   headers, so ops run their Python implementations (the JAX backend,
+   ``--backend jax``, does not need them).
+
 Nothing here changes numerical behaviour.
 """
 import ctypes
+import importlib
 import logging
 import os
 import sys
 import types
 import warnings
+
+import numpy as np
+
+_NUMPY = tuple(int(part) for part in np.__version__.split(".")[:2])
+# True on the newer stacks that need item 5 of the module doc.
+NEW_STACK = _NUMPY >= (1, 24) or sys.version_info >= (3, 12)
+NUMPY2 = _NUMPY >= (2, 0)
 
 _THEANO_DEFAULTS = (
     ("floatX", "float32", ("floatX",)),
@@ -76,6 +96,106 @@ def _set_theano_defaults():
         os.environ["THEANO_FLAGS"] = ",".join(filter(None, [current] + additions))
 
 
+# Names removed from numpy that Theano-PyMC 1.1.2 and Lasagne 0.1 still use.
+_NUMPY_ALIASES = {
+    "bool": bool, "int": int, "float": float, "complex": complex, "object": object,
+    "str": str, "product": "prod", "cumproduct": "cumprod", "sometrue": "any",
+    "alltrue": "all", "float_": "float64", "complex_": "complex128", "unicode_": "str_",
+    "string_": "bytes_", "Inf": "inf", "NaN": "nan", "round_": "round",
+}
+
+
+def _numpy_aliases():
+    for name, target in _NUMPY_ALIASES.items():
+        if name in np.__dict__:
+            continue
+        setattr(np, name, getattr(np, target) if isinstance(target, str) else target)
+
+
+def _distutils_stand_ins():
+    """``distutils`` from setuptools, and a minimal ``numpy.distutils``, where missing."""
+    try:
+        import distutils.sysconfig  # noqa: F401
+        import distutils.spawn  # noqa: F401
+    except ImportError:
+        try:
+            distutils = importlib.import_module("setuptools._distutils")
+            sys.modules["distutils"] = distutils
+            for sub in ("sysconfig", "spawn", "errors", "util"):
+                sys.modules[f"distutils.{sub}"] = importlib.import_module(
+                    f"setuptools._distutils.{sub}")
+        except ImportError:
+            _minimal_distutils()
+    try:
+        import numpy.distutils  # noqa: F401
+        return
+    except ImportError:
+        pass
+    package = types.ModuleType("numpy.distutils")
+    package.__path__ = []
+    misc_util = types.ModuleType("numpy.distutils.misc_util")
+    misc_util.get_numpy_include_dirs = lambda: [np.get_include()]
+    package.misc_util = misc_util
+    sys.modules[package.__name__] = package
+    sys.modules[misc_util.__name__] = misc_util
+    np.distutils = package
+
+
+def _pkg_resources_stand_in():
+    """Lasagne 0.1 reads its version with ``pkg_resources`` (setuptools), which a
+    Python 3.12 environment may not have."""
+    try:
+        import pkg_resources  # noqa: F401
+        return
+    except ImportError:
+        pass
+    from importlib import metadata
+
+    class DistributionNotFound(Exception):
+        pass
+
+    def get_distribution(name):
+        try:
+            version = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            version = "unknown"
+        return types.SimpleNamespace(project_name=name, version=version)
+
+    module = types.ModuleType("pkg_resources")
+    module.DistributionNotFound = DistributionNotFound
+    module.get_distribution = get_distribution
+    sys.modules[module.__name__] = module
+
+
+def _minimal_distutils():
+    """The two ``distutils`` modules Theano imports, on the standard library."""
+    import shutil
+    import sysconfig
+    package = types.ModuleType("distutils")
+    package.__path__ = []
+    spawn = types.ModuleType("distutils.spawn")
+    spawn.find_executable = lambda name, path=None: shutil.which(name, path=path)
+    config = types.ModuleType("distutils.sysconfig")
+    config.get_config_var = sysconfig.get_config_var
+    config.get_config_vars = sysconfig.get_config_vars
+    config.get_python_inc = lambda plat_specific=0, prefix=None: sysconfig.get_paths()[
+        "platinclude" if plat_specific else "include"]
+    config.get_python_lib = lambda plat_specific=0, standard_lib=0, prefix=None: \
+        sysconfig.get_paths()["stdlib" if standard_lib else
+                              "platlib" if plat_specific else "purelib"]
+    package.spawn, package.sysconfig = spawn, config
+    for module in (package, spawn, config):
+        sys.modules[module.__name__] = module
+
+
+def _no_c_compiler_flag():
+    """numpy >= 2: Theano's C code cannot compile, so ask for Python implementations."""
+    if "theano" in sys.modules or _user_set(("cxx",)):
+        return
+    current = os.environ.get("THEANO_FLAGS", "")
+    os.environ["THEANO_FLAGS"] = ",".join(filter(None, [current, "cxx="]))
+
+
 def _tune_malloc():
     if os.environ.get("BINARY_NET_NO_MALLOPT") or not sys.platform.startswith("linux"):
         return
@@ -111,6 +231,12 @@ def _alias_lasagne_names():
     signal.downsample = downsample
 
 
+if NEW_STACK:
+    _numpy_aliases()
+    _distutils_stand_ins()
+    _pkg_resources_stand_in()
+    if NUMPY2:
+        _no_c_compiler_flag()
 _set_theano_defaults()
 _tune_malloc()
 # Read by libgomp when the first OpenMP module loads, i.e. after this.

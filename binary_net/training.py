@@ -163,11 +163,19 @@ class Trainer:
         Show a progress bar for each epoch.
     eval_batch_size : int, optional
         Minibatch size for validation/test (default: ``batch_size``).
+    backend : "theano" or "jax"
+        ``"jax"``: the same Theano graph compiled by
+        :mod:`binary_net.jax_backend` (GPU when JAX sees one), epochs run as a
+        few device calls; parameters are copied back to the shared variables
+        for checkpoints and best parameters.
+    checkpoint_every : int
+        Write ``checkpoint.npz`` after every N-th epoch (and the last one).
     """
 
     def __init__(self, network, input_var, lr_start, lr_end, epochs, batch_size,
                  optimizer="adam", num_classes=10, preprocess=None, output_dir=".", seed=0,
-                 config=None, progress=True, eval_batch_size=None, log=print):
+                 config=None, progress=True, eval_batch_size=None, log=print,
+                 backend="theano", checkpoint_every=1):
         self.network = network
         self.lr_start, self.lr_end = float(lr_start), float(lr_end)
         self.epochs = int(epochs)
@@ -180,6 +188,10 @@ class Trainer:
         self.progress = progress
         self.log = log
         self.rng = np.random.RandomState(seed)
+        if backend not in ("theano", "jax"):
+            raise ValueError(f"unknown backend {backend!r}; choose theano or jax")
+        self.backend = backend
+        self.checkpoint_every = int(checkpoint_every)
         os.makedirs(output_dir, exist_ok=True)
 
         target_var = T.matrix("targets")
@@ -187,15 +199,19 @@ class Trainer:
         train_output = lasagne.layers.get_output(network, deterministic=False)
         loss = squared_hinge_loss(train_output, target_var)
         updates = binary_updates(loss, network, learning_rate, optimizer)
-        mode = compile_mode()
-        self.train_fn = theano.function([input_var, target_var, learning_rate], loss,
-                                        updates=updates, mode=mode)
-
         test_output = lasagne.layers.get_output(network, deterministic=True)
         test_loss = squared_hinge_loss(test_output, target_var)
         errors = T.sum(T.neq(T.argmax(test_output, axis=1), T.argmax(target_var, axis=1)))
-        self.eval_fn = theano.function([input_var, target_var], [test_loss, errors], mode=mode)
-        self._predict = ([input_var], T.argmax(test_output, axis=1), mode)
+        if backend == "jax":
+            self._compile_jax(input_var, target_var, learning_rate, loss, updates, test_loss,
+                              errors, T.argmax(test_output, axis=1))
+        else:
+            mode = compile_mode()
+            self.train_fn = theano.function([input_var, target_var, learning_rate], loss,
+                                            updates=updates, mode=mode)
+            self.eval_fn = theano.function([input_var, target_var], [test_loss, errors],
+                                           mode=mode)
+            self._predict = ([input_var], T.argmax(test_output, axis=1), mode)
 
         self._state_vars = self._collect_state(network, self.train_fn)
         self.history = []
@@ -203,14 +219,43 @@ class Trainer:
         self.best = {"valid_error": math.inf, "epoch": 0, "test_error": None,
                      "test_loss": None}
 
+    def _compile_jax(self, input_var, target_var, learning_rate, loss, updates, test_loss,
+                     errors, predictions):
+        from . import jax_backend
+        self._device = jax_backend.DeviceState()
+        self.train_fn = jax_backend.JaxFunction([input_var, target_var, learning_rate], loss,
+                                                updates=updates, state=self._device)
+        self.eval_fn = jax_backend.JaxFunction([input_var, target_var], [test_loss, errors],
+                                               state=self._device)
+        self._predict = ([input_var], predictions, None)
+        self._eval_cache = {}
+
     @property
     def predict_fn(self):
         """Compiled on first use: ``predict_fn(X)`` gives the predicted classes."""
         if callable(self._predict):
             return self._predict
         inputs, outputs, mode = self._predict
-        self._predict = theano.function(inputs, outputs, mode=mode)
+        if self.backend == "jax":
+            from .jax_backend import JaxFunction
+            self._predict = JaxFunction(inputs, outputs, state=self._device, scan_over=(0,))
+        else:
+            self._predict = theano.function(inputs, outputs, mode=mode)
         return self._predict
+
+    def sync_from_device(self, variables=None):
+        """JAX backend: copy device values into the shared variables (all by default).
+
+        The Theano backend keeps them there already; this does nothing.
+        """
+        if self.backend == "jax":
+            self._device.pull(variables)
+
+    def sync_to_device(self):
+        """JAX backend: copy the shared variables' values to the device (after
+        ``set_value`` or loading a checkpoint)."""
+        if self.backend == "jax":
+            self._device.push()
 
     # -- state -----------------------------------------------------------
     @staticmethod
@@ -236,6 +281,7 @@ class Trainer:
         return os.path.join(self.output_dir, CHECKPOINT)
 
     def save_checkpoint(self, epoch):
+        self.sync_from_device(self._state_vars)
         rng_name, keys, pos, has_gauss, cached = self.rng.get_state()
         meta = {"epoch": epoch, "best": self.best, "history": self.history,
                 "config": self.config, "rng": [rng_name, int(pos), int(has_gauss),
@@ -261,8 +307,10 @@ class Trainer:
         if extra:
             raise TrainingError(f"{path}: holds {len(arrays) + extra} state arrays, this "
                                 f"network has {len(arrays)}: built with other settings?")
+        # The backend computes the same step: a run may move between them.
         differing = sorted(k for k in set(meta["config"]) | set(self.config)
-                           if k != "command" and meta["config"].get(k) != self.config.get(k))
+                           if k not in ("command", "backend")
+                           and meta["config"].get(k) != self.config.get(k))
         if differing:
             raise TrainingError(f"{path}: saved with other settings ({', '.join(differing)});"
                                 " resume with the same arguments or use a new --output-dir")
@@ -273,6 +321,7 @@ class Trainer:
                                     f"{value.shape}, expected {current.dtype}{current.shape}")
         for var, value in zip(self._state_vars, arrays):
             var.set_value(value)
+        self.sync_to_device()
         rng_name, pos, has_gauss, cached = meta["rng"]
         self.rng.set_state((rng_name, keys, pos, has_gauss, cached))
         self.history = meta["history"]
@@ -295,6 +344,8 @@ class Trainer:
         if full == 0:
             raise TrainingError(f"training set ({len(X)} examples) is smaller than one "
                                 f"batch ({self.batch_size}); lower --batch-size")
+        if self.backend == "jax":
+            return self._train_epoch_jax(X, y, lr, epoch, order, full)
         total = 0.
         batches = self._batches(full, self.batch_size, f"epoch {epoch}/{self.epochs}")
         for count, start in enumerate(batches, 1):
@@ -318,6 +369,38 @@ class Trainer:
                                      f"during epoch {epoch}")
         return total / (full // self.batch_size)
 
+    def _make_batch(self, X, y):
+        def make_batch(index):
+            return (self.preprocess(X[index]), one_hot_pm1(y[index], self.num_classes))
+        return make_batch
+
+    def _train_epoch_jax(self, X, y, lr, epoch, order, full):
+        """:meth:`train_epoch` as a few device calls: the same minibatches in the
+        same order (sorted indices of the same permutation), losses checked
+        after the epoch, parameters checked on the device."""
+        from . import jax_backend
+        rows = np.sort(order[:full].reshape(-1, self.batch_size), axis=1)
+        bar = self._batches(full, self.batch_size, f"epoch {epoch}/{self.epochs}")
+        progress = bar.update if hasattr(bar, "update") else None
+        losses = jax_backend.train_steps(self.train_fn, self._make_batch(X, y), rows,
+                                         np.float32(lr), progress=progress)
+        if hasattr(bar, "close"):
+            bar.close()
+        bad = np.flatnonzero(~np.isfinite(losses))
+        if bad.size:
+            raise self._diverged(f"training loss became {losses[bad[0]]} at epoch {epoch}, "
+                                 f"batch {bad[0] + 1}")
+        found = self._device.first_nonfinite(lasagne.layers.get_all_params(self.network))
+        if found:
+            param, kind = found
+            raise self._diverged(f"parameter {param.name} {param.get_value(borrow=True).shape} "
+                                 f"became {kind} during epoch {epoch}")
+        # float64 running sum in batch order, as the Theano path adds them
+        total = 0.
+        for loss in losses:
+            total += float(loss)
+        return total / len(losses)
+
     def _diverged(self, what):
         last = self.history[-1]["epoch"] if self.history else self.start_epoch
         return TrainingError(f"{what}; stopped. Last good state: {self.checkpoint_path()} "
@@ -325,6 +408,14 @@ class Trainer:
 
     def evaluate(self, X, y):
         """Mean loss and error rate (percent) over all of ``X``."""
+        if self.backend == "jax":
+            from . import jax_backend
+            cached = self._eval_cache.get(id(X))
+            if cached is None or cached.source is not X:
+                cached = jax_backend.EvalData(X, self._make_batch(X, y), self.eval_batch_size,
+                                              self._device.device)
+                self._eval_cache[id(X)] = cached
+            return jax_backend.evaluate(self.eval_fn, cached)
         loss_sum, errors = 0., 0
         for start in range(0, len(X), self.eval_batch_size):
             xb, yb = X[start:start + self.eval_batch_size], y[start:start + self.eval_batch_size]
@@ -343,6 +434,8 @@ class Trainer:
         if resume:
             done = self.load_checkpoint()
             self.log(f"resumed from {self.checkpoint_path()} after epoch {done}")
+        else:
+            self.sync_to_device()
         _atomic_write_text(os.path.join(self.output_dir, CONFIG),
                            json.dumps(self.config, indent=2, sort_keys=True) + "\n")
         _atomic_write_text(os.path.join(self.output_dir, LOG),
@@ -359,6 +452,7 @@ class Trainer:
                 test_loss, test_error = self.evaluate(X_test, y_test)
                 self.best = {"valid_error": valid_error, "epoch": epoch + 1,
                              "test_error": test_error, "test_loss": test_loss}
+                self.sync_from_device(lasagne.layers.get_all_params(self.network))
                 save_params(os.path.join(self.output_dir, BEST_PARAMS), self.network)
             row = {"epoch": epoch + 1, "lr": float(lr), "train_loss": train_loss,
                    "valid_loss": valid_loss, "valid_error": valid_error,
@@ -367,7 +461,8 @@ class Trainer:
                    "best_test_error": self.best["test_error"],
                    "seconds": time.time() - started}
             self.history.append(row)
-            self.save_checkpoint(epoch + 1)
+            if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == self.epochs:
+                self.save_checkpoint(epoch + 1)
             with open(os.path.join(self.output_dir, LOG), "a") as log_file:
                 log_file.write(json.dumps(row) + "\n")
             self.log(f"epoch {epoch + 1}/{self.epochs}  lr {lr:.3g}  "
@@ -377,6 +472,7 @@ class Trainer:
                      f"{row['seconds']:.1f}s")
 
         seconds = time.time() - run_start
+        self.sync_from_device()
         epochs_run = len(self.history)
         result = {"dataset": self.config.get("dataset"),
                   "test_error": self.best["test_error"],
