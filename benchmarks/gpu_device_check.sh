@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared GPU check of the run-time half (issue #3), for the H100 test machine.
+# The one prepared GPU check of the run-time half (issues #3 and #4), for the H100 test machine.
 #
 # Before calling the device tool, in the repository root of this machine:
 #     mkdir -p .whl .data
@@ -16,9 +16,12 @@
 #
 # Each step has its own timeout, cut to what is left of BUDGET seconds (default 540), and
 # a failing step does not stop the next ones. Steps, most valuable first: environment,
-# install, selfcheck (every kernel vs numpy; compiles the kernels once, pycuda caches the
-# cubins), kernel benchmark, run-time MNIST command, GPU tests, compute-sanitizer
-# (memcheck, racecheck, initcheck, synccheck on a small run of every kernel).
+# install, selfcheck of the tensor-core kernels (issue #4: every variant and epilogue vs
+# numpy), selfcheck of the 2016 kernels, compute-sanitizer memcheck + racecheck of the
+# tensor-core kernels (cp.async pipeline), kernel benchmark (now with xnor_tc rows and
+# batch 1/16/100 layer shapes), run-time MNIST command (theano, baseline, xnor, xnor_tc,
+# cuBLAS FP16 via CuPy; batches 1, 16, 100, 10000), GPU tests, compute-sanitizer of the
+# 2016 kernels (memcheck, racecheck, initcheck, synccheck).
 set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/bnn_gpu_check}"
@@ -71,20 +74,29 @@ step imports 45 "$PY" -c "
 import kernels; print('gpu:', kernels.gpu_status())
 import binary_net.gpu_runtime as g; print('theano:', g.THEANO_ERROR or 'ok')"
 
-step selfcheck 120 "$PY" -m kernels.selfcheck
+step selfcheck-tc 90 "$PY" -m kernels.selfcheck --only tc
+step selfcheck 60 "$PY" -m kernels.selfcheck --only paper
+for tool in memcheck racecheck; do
+    echo "--- compute-sanitizer --tool $tool (tensor-core kernels)" >>"$OUT/sanitizer.log"
+    step "sanitizer-tc-$tool" 60 bash -c "compute-sanitizer --tool $tool --error-exitcode 99 \
+        $PY -m kernels.selfcheck --only tc --quick >>'$OUT/sanitizer.log' 2>&1"
+done
 step benchmark 150 "$PY" -m kernels.benchmark --output "$OUT/kernel_benchmark.json" \
     --markdown "$OUT/kernel_benchmark.md"
 step runtime-mnist 150 "$PY" -m binary_net.gpu_runtime \
     --params results/mnist-3x1024-120ep/best_params.npz --data-dir .data/mnist \
-    --random-shape 4096 --repeats 5 --theano-repeats 1 --output "$OUT/gpu_runtime_mnist.json"
+    --random-shape 4096 --repeats 5 --theano-repeats 1 --kernels theano,baseline,xnor,xnor_tc \
+    --batches 1,16,100,10000 --cublas-fp16 --output "$OUT/gpu_runtime_mnist.json"
 # --noconftest: tests/conftest.py imports Theano, which the kernel tests do not need.
 step test-kernels 120 "$PY" -m pytest -q -rs --noconftest -p no:cacheprovider tests/test_kernels.py
 step test-gpu-runtime 120 "$PY" -m pytest -q -rs --noconftest -p no:cacheprovider \
     tests/test_gpu_runtime.py
+step test-kernels-tc 90 "$PY" -m pytest -q -rs --noconftest -p no:cacheprovider \
+    tests/test_kernels_tc.py -k gpu
 for tool in memcheck racecheck initcheck synccheck; do
     echo "--- compute-sanitizer --tool $tool" >>"$OUT/sanitizer.log"
     step "sanitizer-$tool" 60 bash -c "compute-sanitizer --tool $tool --error-exitcode 99 \
-        $PY -m kernels.selfcheck --quick >>'$OUT/sanitizer.log' 2>&1"
+        $PY -m kernels.selfcheck --only paper --quick >>'$OUT/sanitizer.log' 2>&1"
 done
 
 echo "=== done in $(( $(date +%s) - START ))s" | tee -a "$LOG"

@@ -8,7 +8,12 @@ The matrix product of every dense layer is chosen when the network is built:
   GEMM on the GPU (``kernels/baseline_gemm.cu``);
 * ``"xnor"``: the first layer (real-valued input) through the baseline float GEMM,
   every other layer through the 16x16 XNOR-popcount GEMM over packed 32-bit words
-  (``kernels/xnor_gemm.cu``).
+  (``kernels/xnor_gemm.cu``);
+* ``"xnor_tc"``: fully binary on the 1-bit tensor cores (``kernels/tc_gemm.cu``): the
+  first layer on the 8 bit planes of the 8-bit pixels (``s = sum_n 2^n (x^n . w_b)``,
+  exact), BatchNorm + sign folded into one integer threshold per neuron, each GEMM's
+  epilogue writing the next layer's packed bits, the last layer float scores
+  (:class:`TcRuntime`; plain engine only).
 
 Weights are binarized (``W >= 0`` -> +1, else -1) once, when the network is built,
 and uploaded once (packed by columns for XNOR layers). On the GPU the activations
@@ -33,7 +38,8 @@ Pieces
 * The command::
 
       python -m binary_net.gpu_runtime --params PATH --data-dir DIR [--output JSON]
-          [--random-shape 4096] [--kernels theano,baseline,xnor] [--repeats 5]
+          [--random-shape 4096] [--kernels theano,baseline,xnor,xnor_tc] [--repeats 5]
+          [--batches 1,16,100,10000] [--cublas-fp16]
 
   runs the 10,000 MNIST test images in one batch with each kernel, prints test
   error and time per kernel and checks that the XNOR network's predictions are
@@ -73,9 +79,9 @@ except Exception as _error:  # noqa: BLE001  (missing or broken: the plain engin
 
 __all__ = ["KERNELS", "PRODUCTS", "LayerSpec", "specs_from_params", "random_specs",
            "load_params", "DeviceLayer", "PlainRuntime", "RuntimeMLP", "build_runtime",
-           "main", "THEANO_ERROR"]
+           "main", "THEANO_ERROR", "TcRuntime", "pixel_thresholds", "pixels_from_inputs"]
 
-KERNELS = ("theano", "baseline", "xnor")
+KERNELS = ("theano", "baseline", "xnor", "xnor_tc")
 PRODUCTS = ("baseline", "xnor")
 EPILOGUES = ("sign", "sign_pack", "scores")
 
@@ -262,6 +268,10 @@ class PlainRuntime:
     def __init__(self, layers, backend):
         self.layers, self.backend = layers, backend
 
+    def host_input(self, X):
+        """The host array uploaded for inputs X (M, n_in): float32."""
+        return np.ascontiguousarray(np.asarray(X, np.float32).reshape(len(X), -1))
+
     def forward_device(self, x):
         """Scores (device array) from a float32 device array (M, n_in)."""
         for layer in self.layers:
@@ -269,7 +279,117 @@ class PlainRuntime:
         return x
 
     def __call__(self, X):
-        return self.backend.to_host(self.forward_device(self.backend.to_device(X)))
+        return self.backend.to_host(self.forward_device(self.backend.to_device(
+            self.host_input(X))))
+
+
+# ----------------------------------------------------------------------------
+# Fully binary on the tensor cores
+# ----------------------------------------------------------------------------
+
+PIXEL_LEVELS = 255  # x = 2 p / 255 - 1 for 8-bit pixels p
+
+
+def pixels_from_inputs(X):
+    """8-bit pixels from network inputs ``x = 2 p / 255 - 1`` (uint8 passes through).
+
+    ``p = rint((x + 1) * 127.5)``, clipped to 0..255: exact for the MNIST inputs
+    (``2 * float32(p / 255) - 1``); other inputs are rounded to the 8-bit grid.
+    """
+    X = np.asarray(X)
+    if X.dtype == np.uint8:
+        return np.ascontiguousarray(X.reshape(len(X), -1))
+    X = np.asarray(X, np.float64).reshape(len(X), -1)
+    return np.clip(np.rint((X + 1.0) * (PIXEL_LEVELS / 2.0)), 0, PIXEL_LEVELS).astype(np.uint8)
+
+
+def _exact_pixel_thresholds(bn, weight_sums, n_in):
+    """Exact thresholds on ``P = p . w`` by bisection on rationals (no Theano needed).
+
+    +1 iff ``g * ((2 P / 255 - Sw) + b - mean) + beta >= 0`` with the stored float32
+    ``b, mean, g, beta``; monotone in P (increasing for g > 0, decreasing for g < 0).
+    """
+    from fractions import Fraction
+    lo_end, hi_end = -PIXEL_LEVELS * n_in, PIXEL_LEVELS * n_in
+    out = np.zeros((2, bn.shape[1]), np.int64)
+    for j in range(bn.shape[1]):
+        b, mean, g, beta = (Fraction(float(v)) for v in bn[:, j])
+        constant = b - mean - int(weight_sums[j])
+
+        def on(P):
+            return g * (Fraction(2 * P, PIXEL_LEVELS) + constant) + beta >= 0
+
+        first, last = on(lo_end), on(hi_end)
+        if first == last:
+            out[0, j] = lo_end if first else hi_end + 1
+            continue
+        lo, hi = lo_end, hi_end  # the edge lies between: on(lo) != on(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if on(mid) == first:
+                lo = mid
+            else:
+                hi = mid
+        out[0, j], out[1, j] = (lo, 1) if first else (hi, 0)
+    return out.astype(np.int32)
+
+
+def pixel_thresholds(spec):
+    """int32 (2, n_out) thresholds (t, flip) of the first layer on ``P = p . w_b``.
+
+    Exact in rational arithmetic on the stored float32 ``b, mean, g = gamma * inv_std,
+    beta``; with Theano importable this is :func:`binary_net.xnor_cpu.fold_sign_thresholds`
+    (the CPU run time's fold, ``scale = 2 / 255``, ``offset = -sum(w)``), else the same
+    by bisection (:func:`_exact_pixel_thresholds`).
+    """
+    weight_sums = spec.signs.astype(np.int64).sum(axis=0)
+    n_in = spec.n_in
+    if theano is not None:
+        from fractions import Fraction
+        from .xnor_cpu import fold_sign_thresholds
+        b, mean, g, beta = spec.bn
+        thresholds, flip = fold_sign_thresholds(
+            b, beta, g, mean, np.ones_like(g), -PIXEL_LEVELS * n_in, PIXEL_LEVELS * n_in,
+            scale=Fraction(2, PIXEL_LEVELS), offset=[-int(v) for v in weight_sums])
+        return np.stack([thresholds, flip.astype(np.int32)]).astype(np.int32)
+    return _exact_pixel_thresholds(spec.bn, weight_sums, n_in)
+
+
+class TcRuntime(PlainRuntime):
+    """The network fully binary on the 1-bit tensor cores (kernel ``"xnor_tc"``).
+
+    Inputs are 8-bit pixels on the device (:meth:`host_input` converts); the first
+    layer multiplies their 8 bit planes by the packed weights and thresholds the exact
+    integer ``P = p . w_b`` (:func:`pixel_thresholds`); hidden layers threshold the
+    exact +-1 products with thresholds that reproduce the float32 BatchNorm + sign of
+    the other kernels bit for bit (:func:`kernels.reference.float32_sign_thresholds`);
+    the output layer's epilogue computes the float32 BatchNorm scores. Between layers
+    only packed bits (and their row popcounts) exist.
+    """
+
+    def __init__(self, specs, backend, variant="auto"):
+        self.backend, self.variant, self.specs = backend, variant, specs
+        self.layers = []
+        for spec in specs:
+            weights = backend.tc_pack(backend.to_device(spec.signs), "cols")
+            if spec.role == "first":
+                params = pixel_thresholds(spec)
+            elif spec.role == "hidden":
+                params = reference.float32_sign_thresholds(spec.bn, -spec.n_in, spec.n_in)
+            else:
+                params = spec.bn
+            output = "scores" if spec.role == "output" else "bits"
+            self.layers.append((weights, backend.to_device(np.ascontiguousarray(params)), output))
+
+    def host_input(self, X):
+        return pixels_from_inputs(X)
+
+    def forward_device(self, x):
+        """Scores (device float32) from device uint8 pixels (M, n_in)."""
+        h = self.backend.tc_pack_pixels(x)
+        for weights, params, output in self.layers:
+            h = self.backend.tc_gemm(h, weights, output, params, self.variant)
+        return h
 
 
 # ----------------------------------------------------------------------------
@@ -500,7 +620,7 @@ def build_runtime(source, kernel="xnor", backend="cuda", engine="theano"):
     ----------
     source : list of ndarray or list of LayerSpec
         MLP parameters (``arr_0..`` order) or :func:`specs_from_params` output.
-    kernel : {"theano", "baseline", "xnor"}
+    kernel : {"theano", "baseline", "xnor", "xnor_tc"}
     backend : {"cuda", "reference"}
         Where the device kernels run (``"reference"``: their numpy reference).
     engine : {"theano", "plain"}
@@ -518,6 +638,13 @@ def build_runtime(source, kernel="xnor", backend="cuda", engine="theano"):
         raise ValueError(f"engine must be 'theano' or 'plain', got {engine!r}")
     specs = source if source and isinstance(source[0], LayerSpec) else specs_from_params(source)
     n_in = specs[0].n_in
+    if kernel == "xnor_tc":
+        if engine == "theano":
+            raise ValueError("kernel 'xnor_tc' runs with engine='plain' (one fused tensor-core "
+                             "kernel per layer, no Theano Ops)")
+        gpu = kernels.get_backend(backend)
+        tc = TcRuntime(specs, gpu)
+        return RuntimeMLP(tc, kernel, "plain", n_in, tc)
     if engine == "theano" or kernel == "theano":
         if theano is None:
             raise RuntimeError(f"Theano is unavailable here ({THEANO_ERROR})")
@@ -565,7 +692,7 @@ def _time_end_to_end(runtime, X, repeats, backend):
 
 def _time_on_device(runtime, X, repeats, backend):
     """CUDA-event time of the layers on a device-resident input (ms), after a warm-up."""
-    x_device = backend.to_device(np.ascontiguousarray(X.reshape(X.shape[0], -1)))
+    x_device = backend.to_device(runtime.plain.host_input(X))
     runtime.plain.forward_device(x_device)
     times = []
     for _ in range(repeats):
@@ -605,7 +732,8 @@ def run_network(label, specs, kernel_names, X, y, args, backend, engine):
         fallback = None
         try:
             runtime = build_runtime(specs, kernel, args.backend,
-                                    "theano" if kernel == "theano" else engine)
+                                    "theano" if kernel == "theano" else
+                                    "plain" if kernel == "xnor_tc" else engine)
         except Exception as error:  # noqa: BLE001  (measure with the plain engine instead)
             if kernel == "theano" or engine == "plain":
                 raise
@@ -623,6 +751,9 @@ def run_network(label, specs, kernel_names, X, y, args, backend, engine):
             entry["theano_engine_error"] = fallback
         if kernel != "theano" and backend is not None and hasattr(backend, "event"):
             entry["on_device"] = _time_on_device(runtime, X, args.repeats, backend)
+            entry["on_device_by_batch"] = {
+                str(size): _time_on_device(runtime, X[:size], args.repeats, backend)
+                for size in args.batch_sizes if size <= len(X)}
         predictions[kernel] = np.argmax(scores, axis=1)
         entry["test_error"] = float(np.mean(predictions[kernel] != y))
         record["kernels"][kernel] = entry
@@ -630,26 +761,110 @@ def run_network(label, specs, kernel_names, X, y, args, backend, engine):
               + (f", {entry['on_device']['median_ms']:.2f} ms on the device"
                  if "on_device" in entry else "")
               + f", test error {100 * entry['test_error']:.2f} %", flush=True)
+    if args.cublas_fp16 and args.backend == "cuda":
+        try:
+            entry, predictions["cublas_fp16"] = _cublas_fp16_network(specs, X, args)
+            entry["test_error"] = float(np.mean(predictions["cublas_fp16"] != y))
+            record["kernels"]["cublas_fp16"] = entry
+            print(f"  {label}: cublas_fp16 {entry['on_device']['median_ms']:.2f} ms on the "
+                  f"device, test error {100 * entry['test_error']:.2f} %", flush=True)
+        except Exception as error:  # noqa: BLE001  (CuPy missing or refusing: a result)
+            record["cublas_fp16_error"] = " ".join(str(error).split()) or type(error).__name__
+            print(f"note: cuBLAS FP16 network skipped ({record['cublas_fp16_error']})",
+                  flush=True)
     checks = {}
-    for other in ("baseline", "theano"):
-        if "xnor" in predictions and other in predictions:
-            differing = int(np.sum(predictions["xnor"] != predictions[other]))
-            checks[f"xnor_vs_{other}_differing_predictions"] = differing
+    for mine in ("xnor", "xnor_tc"):
+        for other in ("baseline", "theano", "cublas_fp16"):
+            if mine in predictions and other in predictions:
+                differing = int(np.sum(predictions[mine] != predictions[other]))
+                checks[f"{mine}_vs_{other}_differing_predictions"] = differing
     record["checks"] = checks
     ratios = {}
     timings = record["kernels"]
-    for kind in ("end_to_end", "on_device"):
-        if kind in timings.get("xnor", {}) and kind in timings.get("baseline", {}):
-            ratios[f"baseline_over_xnor_{kind}"] = (timings["baseline"][kind]["median_ms"]
-                                                    / timings["xnor"][kind]["median_ms"])
+    for mine in ("xnor", "xnor_tc", "cublas_fp16"):
+        for kind in ("end_to_end", "on_device"):
+            if kind in timings.get(mine, {}) and kind in timings.get("baseline", {}):
+                ratios[f"baseline_over_{mine}_{kind}"] = (timings["baseline"][kind]["median_ms"]
+                                                          / timings[mine][kind]["median_ms"])
+    if "on_device" in timings.get("xnor_tc", {}) and "on_device" in timings.get("cublas_fp16", {}):
+        ratios["cublas_fp16_over_xnor_tc_on_device"] = (
+            timings["cublas_fp16"]["on_device"]["median_ms"]
+            / timings["xnor_tc"]["on_device"]["median_ms"])
     record["speedups"] = ratios
     return record
 
 
+def _cublas_fp16_network(specs, X, args):
+    """The same binarized network as cuBLAS FP16 GEMMs (FP32 accumulation) via CuPy.
+
+    Inputs and +-1 weights in float16 (the inputs ``2 p / 255 - 1`` round to float16, so
+    the first layer is not exact), BatchNorm + sign in one CuPy elementwise kernel per
+    layer in float32; dimensions are zero-padded to multiples of 8. Returns the timing
+    entry (on the device, per batch size) and the predictions of all of X.
+    """
+    import cupy as cp
+    from kernels.benchmark import _Cublas, padded
+    cublas = _Cublas()
+    sign_kernel = cp.ElementwiseKernel(
+        "float32 s, raw float32 bn, int32 n, int32 ncols", "T y",
+        "const int j = i % ncols; float v = j < n ? ((s + bn[j]) - bn[n + j]) * bn[2 * n + j]"
+        " + bn[3 * n + j] : -1.0f; y = (j < n && v >= 0.0f) ? (T)1 : (T)-1;",
+        "bnn_bn_sign_fp16", options=("--fmad=false",))
+    layers = []
+    for spec in specs:
+        kp, np_ = padded(spec.n_in), padded(spec.n_out)
+        wt = np.zeros((np_, kp), np.float16)
+        wt[:spec.n_out, :spec.n_in] = spec.signs.T
+        layers.append((spec, cp.asarray(wt), cp.asarray(spec.bn), kp, np_))
+
+    def forward(x16):
+        h = x16
+        for spec, wt, bn, kp, np_ in layers:
+            s = cp.empty((h.shape[0], np_), cp.float32)
+            cublas.gemm_ex_call(h, wt, s, "fp16")()
+            if spec.role == "output":
+                b, mean, g, beta = (bn[i] for i in range(4))
+                return ((s[:, :spec.n_out] + b) - mean) * g + beta
+            h = cp.empty((h.shape[0], np_), cp.float16)
+            sign_kernel(s, bn, np.int32(spec.n_out), np.int32(np_), h)
+        return h
+
+    def upload(rows):
+        x = np.zeros((len(rows), layers[0][3]), np.float16)
+        x[:, :specs[0].n_in] = rows.reshape(len(rows), -1)
+        return cp.asarray(x)
+
+    def on_device(rows):
+        x = upload(rows)
+        forward(x)
+        times = []
+        for _ in range(args.repeats):
+            start, end = cp.cuda.Event(), cp.cuda.Event()
+            start.record()
+            forward(x)
+            end.record()
+            end.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, end))
+        return _median_summary(times)
+
+    predictions = np.argmax(cp.asnumpy(forward(upload(X))), axis=1)
+    entry = {"engine": "cupy", "on_device": on_device(X),
+             "on_device_by_batch": {str(size): on_device(X[:size])
+                                    for size in args.batch_sizes if size <= len(X)},
+             "note": "float16 inputs and weights, FP32 accumulation (cublasGemmEx)"}
+    entry["end_to_end"] = entry["on_device"]
+    cp.get_default_memory_pool().free_all_blocks()
+    return entry, predictions
+
+
 def markdown(records):
-    """A Markdown table of the run-time results."""
-    lines = ["| network | kernel | end to end (ms) | on the device (ms) | test error | "
-             "baseline / this (device) |", "|---|---|---|---|---|---|"]
+    """A Markdown table of the run-time results (device times per batch size too)."""
+    sizes = sorted({int(size) for record in records for entry in record["kernels"].values()
+                    for size in entry.get("on_device_by_batch", {})})
+    head = ("| network | kernel | end to end (ms) | on the device (ms) | "
+            + "".join(f"batch {size} (ms) | " for size in sizes)
+            + "test error | baseline / this (device) |")
+    lines = [head, "|" + "---|" * (6 + len(sizes))]
     for record in records:
         net = "-".join(map(str, record["widths"]))
         timings = record["kernels"]
@@ -658,9 +873,12 @@ def markdown(records):
             ratio = ""
             if device and "on_device" in timings.get("baseline", {}):
                 ratio = f"{timings['baseline']['on_device']['median_ms'] / device:.2f}x"
+            by_batch = entry.get("on_device_by_batch", {})
+            batches = "".join(f"{by_batch[str(size)]['median_ms']:.3f} | " if str(size) in by_batch
+                              else " | " for size in sizes)
             lines.append(f"| {record['network']} {net} | {kernel} | "
                          f"{entry['end_to_end']['median_ms']:.2f} | "
-                         f"{'' if device is None else f'{device:.2f}'} | "
+                         f"{'' if device is None else f'{device:.3f}'} | {batches}"
                          f"{100 * entry['test_error']:.2f} % | {ratio} |")
     return "\n".join(lines)
 
@@ -669,7 +887,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m binary_net.gpu_runtime",
         description="Run the MNIST test set through a trained binary MLP on the GPU with "
-                    "each product kernel (theano, baseline, xnor); print test error and "
+                    "each product kernel (theano, baseline, xnor, xnor_tc); print test error and "
                     "time per kernel; check the XNOR network's predictions.")
     parser.add_argument("--params", help="best_params.npz of mnist.py (or a 2016 arr_0.. file)")
     parser.add_argument("--data-dir", help="folder with the MNIST IDX files")
@@ -680,8 +898,13 @@ def build_parser():
     parser.add_argument("--random-layers", type=int, default=3,
                         help="hidden layers of the random network (default 3)")
     parser.add_argument("--kernels", default=",".join(KERNELS),
-                        help="comma-separated kernels to run (default theano,baseline,xnor)")
+                        help="comma-separated kernels to run (default theano,baseline,xnor,xnor_tc)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per kernel (>= 1)")
+    parser.add_argument("--batches", default="1,16,100,10000",
+                        help="batch sizes of the per-batch device latencies (default "
+                             "%(default)s)")
+    parser.add_argument("--cublas-fp16", action="store_true",
+                        help="also run the same network as cuBLAS FP16 GEMMs via CuPy")
     parser.add_argument("--theano-repeats", type=int,
                         help="timed runs of the (slow, host) theano kernel; default --repeats")
     parser.add_argument("--limit", type=int, help="use only the first N test images")
@@ -699,6 +922,13 @@ def main(argv=None):
         return 2
     if args.repeats < 1:
         print("error: --repeats must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        args.batch_sizes = [int(v) for v in args.batches.split(",") if v.strip()]
+        if not args.batch_sizes or min(args.batch_sizes) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"error: --batches takes positive integers, got {args.batches!r}", file=sys.stderr)
         return 2
     kernel_names = [k.strip() for k in args.kernels.split(",") if k.strip()]
     unknown = [k for k in kernel_names if k not in KERNELS]
@@ -745,6 +975,12 @@ def main(argv=None):
     print(table)
     failed = [r["network"] for r in records
               if r["checks"].get("xnor_vs_baseline_differing_predictions", 0) != 0]
+    for record in records:
+        # The first layers differ (exact P vs a float32 sum): report, do not fail, a few.
+        tc = record["checks"].get("xnor_tc_vs_baseline_differing_predictions")
+        if tc:
+            print(f"note: {record['network']}: xnor_tc differs from the float network on "
+                  f"{tc} of {record['images']} predictions", flush=True)
     for record in records:
         for name, value in record["checks"].items():
             print(f"check {record['network']}: {name} = {value}")

@@ -3,8 +3,11 @@
 CUDA sources (this folder): ``baseline_gemm.cu`` (the paper's "unoptimized"
 16x16 tiled float GEMM), ``pack.cu`` (row and column bit packing),
 ``xnor_gemm.cu`` (the paper's 16x16 XNOR-popcount GEMM over 32-bit words) and
-``runtime.cu`` (BatchNorm + sign (+ packing) epilogues of the run-time network);
-the packed layout is described in ``common.cuh`` and :mod:`kernels.reference`.
+``runtime.cu`` (BatchNorm + sign (+ packing) epilogues of the run-time network),
+``tc_gemm.cu`` (the 1-bit tensor-core GEMM, ``mma.sync ... m16n8k256 ... and.popc``, with
+int / packed-bits / score epilogues and the 8-bit bit-plane first layer) and
+``tc_pack.cu`` (its packers); the packed layouts are described in ``common.cuh``,
+``tc_common.cuh`` and :mod:`kernels.reference`.
 
 This package imports with plain numpy (no Theano, no pycuda)::
 
@@ -20,10 +23,10 @@ Commands: ``python -m kernels.benchmark`` (kernel benchmark, JSON + Markdown) an
 """
 import os
 
-from ._api import Backend, GpuUnavailable
+from ._api import Backend, GpuUnavailable, TcOperand
 from . import geometry, reference
 
-__all__ = ["Backend", "GpuUnavailable", "get_backend", "gpu_status", "KERNEL_DIR",
+__all__ = ["Backend", "GpuUnavailable", "TcOperand", "get_backend", "gpu_status", "KERNEL_DIR",
            "cu_files", "BACKENDS", "geometry", "reference"]
 
 KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))

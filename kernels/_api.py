@@ -5,11 +5,43 @@ which receive checked, contiguous arrays of its own kind and a preallocated
 output. Public methods accept numpy arrays (results come back as numpy arrays)
 or the backend's device arrays (results stay on the device), never a mixture.
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from . import geometry
 
-__all__ = ["Backend", "GpuUnavailable", "MAX_DIM"]
+__all__ = ["Backend", "GpuUnavailable", "MAX_DIM", "TcOperand", "TC_VARIANTS", "TC_OUTPUTS"]
+
+TC_VARIANTS = ("auto", "large", "small", "simple")
+TC_OUTPUTS = ("int", "bits", "scores")
+
+
+class TcOperand(NamedTuple):
+    """A tensor-core GEMM operand (tc layout, ``kernels/tc_common.cuh``).
+
+    Attributes
+    ----------
+    words : uint32 (rows, 16 ceil(k / 512)), numpy or device array
+        One row per vector: rows of A, or columns of B (B transposed).
+    counts : int32 (rows,)
+        Set bits per row; for bit planes (``planes=True``): the pixel sum per image.
+    k : int
+        Values per vector.
+    planes : bool
+        ``words`` holds 8 bit planes per image (rows ``8 i .. 8 i + 7``).
+    """
+
+    words: object
+    counts: object
+    k: int
+    planes: bool = False
+
+    @property
+    def rows(self):
+        """Vectors (images for bit planes)."""
+        n = int(self.words.shape[0])
+        return n // 8 if self.planes else n
 
 # Dimensions are passed to the kernels as int; far below INT_MAX so that
 # 32 * words and similar sums cannot overflow.
@@ -18,6 +50,7 @@ MAX_DIM = 2 ** 30
 _FLOAT = (np.dtype(np.float32),)
 _WORDS = (np.dtype(np.uint32),)
 _PRODUCTS = (np.dtype(np.float32), np.dtype(np.int32))
+_PIXELS = (np.dtype(np.uint8),)
 
 
 class GpuUnavailable(RuntimeError):
@@ -259,3 +292,131 @@ class Backend:
         out = self._output(name, out, (M, NW), np.uint32, on_device)
         self._bn_sign_pack(s, bn, out, M, N, NW)
         return self._result(out, on_device)
+
+    # --- tensor-core GEMM (tc layout) ----------------------------------------------
+    def tc_pack(self, x, layout="rows"):
+        """float32 (M, K) rows (``layout="rows"``) or (K, N) columns (``"cols"``) ->
+        :class:`TcOperand` (words in tc layout, popcounts per row / column)."""
+        name = "tc_pack"
+        if layout not in ("rows", "cols"):
+            raise ValueError(f"{name}: layout must be 'rows' or 'cols', got {layout!r}")
+        on_device = self._side(name, x=x)
+        rows, cols = self._matrix(name, "x", x, _FLOAT)
+        (x,) = self._inputs(name, on_device, x=x)
+        if layout == "rows":
+            M, K = rows, cols
+        else:
+            K, M = rows, cols
+        KWP = geometry.tc_words(K)
+        words = self.empty((M, KWP), np.uint32)
+        counts = self.empty((M,), np.int32)
+        if layout == "rows":
+            self._tc_pack_rows(x, words, counts, M, K, KWP)
+        else:
+            self._tc_pack_cols(x, words, counts, K, M, KWP)
+        return TcOperand(self._result(words, on_device), self._result(counts, on_device), K)
+
+    def tc_pack_pixels(self, pixels):
+        """uint8 pixels (M, K) -> bit-plane :class:`TcOperand` (8 M rows, pixel sums)."""
+        name = "tc_pack_pixels"
+        on_device = self._side(name, pixels=pixels)
+        M, K = self._matrix(name, "pixels", pixels, _PIXELS)
+        (pixels,) = self._inputs(name, on_device, pixels=pixels)
+        KWP = geometry.tc_words(K)
+        words = self.empty((8 * M, KWP), np.uint32)
+        sums = self.empty((M,), np.int32)
+        self._tc_pack_planes(pixels, words, sums, M, K, KWP)
+        return TcOperand(self._result(words, on_device), self._result(sums, on_device), K, True)
+
+    def _operand(self, name, arg, x, layout):
+        if isinstance(x, TcOperand):
+            words = x.words
+            if len(words.shape) != 2 or np.dtype(words.dtype) not in _WORDS:
+                raise TypeError(f"{name}: {arg}.words must be a uint32 matrix")
+            if int(words.shape[1]) != geometry.tc_words(x.k):
+                raise ValueError(f"{name}: {arg}.words has {words.shape[1]} words per row but "
+                                 f"k={x.k} needs {geometry.tc_words(x.k)}")
+            if tuple(x.counts.shape) != (x.rows,):
+                raise ValueError(f"{name}: {arg}.counts must have shape ({x.rows},)")
+            if layout == "cols" and x.planes:
+                raise ValueError(f"{name}: {arg} cannot be bit planes")
+            return x
+        return self.tc_pack(x, layout)
+
+    def tc_gemm(self, a, b, output="int", params=None, variant="auto", out=None):
+        """Product of +-1 operands on the 1-bit tensor cores, with a fused epilogue.
+
+        Parameters
+        ----------
+        a : TcOperand or float32 (M, K)
+            Rows (:meth:`tc_pack`), or bit planes of 8-bit pixels
+            (:meth:`tc_pack_pixels`: the product is then ``pixels . w``, exact).
+        b : TcOperand or float32 (K, N)
+            Columns (``tc_pack(b, "cols")``).
+        output : {"int", "bits", "scores"}
+            ``"int"``: int32 (M, N); ``"bits"``: the next layer's operand,
+            :class:`TcOperand` with bit ``v >= t`` (``v <= t`` where flipped), params
+            int32 (2, N) ``(t, flip)``; ``"scores"``: float32 (M, N) BatchNorm of the
+            product, params float32 (4, N) (:func:`kernels.reference.batchnorm_params`).
+        variant : {"auto", "large", "small", "simple"}
+            Kernel: 128x256 or 32x128 block tiles with a cp.async pipeline, or the
+            correctness-first kernel; ``"auto"`` picks large or small by the grid size.
+        out : device array, optional
+            Output words / values for device inputs (int and scores; bits: the words).
+        """
+        name = "tc_gemm"
+        if output not in TC_OUTPUTS:
+            raise ValueError(f"{name}: output must be one of {TC_OUTPUTS}, got {output!r}")
+        if variant not in TC_VARIANTS:
+            raise ValueError(f"{name}: variant must be one of {TC_VARIANTS}, got {variant!r}")
+        a = self._operand(name, "a", a, "rows")
+        b = self._operand(name, "b", b, "cols")
+        on_device = self._side(name, a=a.words, b=b.words)
+        if a.k != b.k:
+            raise ValueError(f"{name}: a has k={a.k} but b has k={b.k}")
+        if a.planes and output == "scores":
+            raise ValueError(f"{name}: output='scores' is not available for bit planes")
+        M, N = a.rows, b.rows
+        K, KWP = a.k, geometry.tc_words(a.k)
+        if a.planes and 8 * M > MAX_DIM:
+            raise ValueError(f"{name}: {M} images are too many for one launch")
+        arrays = dict(aw=a.words, ac=a.counts, bw=b.words, bc=b.counts)
+        if output == "bits":
+            expected, dtype = (2, N), np.int32
+        elif output == "scores":
+            expected, dtype = (4, N), np.float32
+        else:
+            expected = None
+        if expected is not None:
+            if params is None:
+                raise ValueError(f"{name}: output={output!r} needs params of shape {expected}")
+            if tuple(params.shape) != expected or np.dtype(params.dtype) != np.dtype(dtype):
+                raise ValueError(f"{name}: params must be {np.dtype(dtype).name} {expected}, got "
+                                 f"{np.dtype(params.dtype).name} {tuple(params.shape)}")
+            self._side(name, a=a.words, params=params)
+            arrays["params"] = params
+        moved = self._inputs(name, on_device, **arrays)
+        aw, ac, bw, bc = moved[:4]
+        params = moved[4] if expected is not None else None
+        if output == "bits":
+            ldo = geometry.tc_words(N)
+            words = self._output(name, out, (M, ldo), np.uint32, on_device)
+        else:
+            ldo = N
+            words = self._output(name, out, (M, N),
+                                 np.int32 if output == "int" else np.float32, on_device)
+        gemm_rows = 8 * M if a.planes else M
+        if variant == "auto":
+            variant = geometry.tc_auto_variant(gemm_rows, N, getattr(self, "sm_count", 132))
+        geometry.tc_gemm_launch(variant, gemm_rows, N, name)
+        self._tc_gemm("planes" if a.planes else "xnor", output, variant, aw, bw, ac, bc, words,
+                      params, gemm_rows, N, KWP, K, ldo)
+        if output != "bits":
+            return self._result(words, on_device)
+        counts = self.empty((M,), np.int32)
+        self._tc_row_popcount(words, counts, M, ldo)
+        return TcOperand(self._result(words, on_device), self._result(counts, on_device), N)
+
+    def xnor_tc_gemm(self, a, b, variant="auto", out=None):
+        """int32 ``sign(a) @ sign(b)`` on the tensor cores (:meth:`tc_gemm`, output int)."""
+        return self.tc_gemm(a, b, "int", None, variant, out)

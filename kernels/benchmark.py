@@ -13,6 +13,10 @@ after one warm-up run:
 * ``xnor``: the 16x16 XNOR-popcount GEMM on operands packed beforehand;
 * ``pack A`` / ``pack B``: packing the rows of A and the columns of B, timed
   separately; ``xnor + packing``: both packings and the GEMM, timed together;
+* ``xnor_tc``: the 1-bit tensor-core GEMM (``tc_gemm.cu``, variant chosen by size)
+  on operands packed beforehand in the tc layout with their popcounts;
+  ``xnor_tc + packing``: the tc packing of both operands (``tc_pack.cu``) and the GEMM,
+  timed together; the table's TOPS column is the tensor-core GEMM's binary rate;
 * cuBLAS through CuPy (skipped, with a note, where CuPy is missing): SGEMM
   (FP32, TF32 off: ``NVIDIA_TF32_OVERRIDE=0`` and the default math mode), FP16
   inputs with FP32 accumulation and output, INT8 inputs with INT32 accumulation
@@ -35,9 +39,11 @@ import sys
 import numpy as np
 
 DEFAULT_SIZES = ("8192x8192x8192", "4096x4096x4096", "10000x784x4096", "10000x4096x4096",
-                 "10000x4096x10", "1000x1001x999")
+                 "10000x4096x10", "1000x1001x999", "1x784x4096", "16x784x4096", "100x784x4096",
+                 "1x4096x4096", "16x4096x4096", "100x4096x4096")
 DEFAULT_OUTPUT = os.path.join("benchmarks", "results", "kernels_gpu.json")
-TARGETS = {"xnor_vs_baseline": 23.0, "xnor_vs_sgemm": 3.4, "packing_share": 0.10}
+TARGETS = {"xnor_vs_baseline": 23.0, "xnor_vs_sgemm": 3.4, "packing_share": 0.10,
+           "xnor_tc_tops": 5000.0}
 TARGET_SIZE = (8192, 8192, 8192)
 PAD = 8  # INT8 tensor-core GEMMs want dimensions and leading dimensions in multiples of 4
 
@@ -109,7 +115,11 @@ def ratios(row):
             "xnor_vs_int8": ratio("cublas_int8", "xnor"),
             "xnor_packed_vs_baseline": ratio("baseline", "xnor_with_packing"),
             "xnor_packed_vs_sgemm": ratio("cublas_sgemm", "xnor_with_packing"),
-            "packing_share": packing / t["xnor"] if packing and t.get("xnor") else None}
+            "packing_share": packing / t["xnor"] if packing and t.get("xnor") else None,
+            "xnor_tc_vs_xnor": ratio("xnor", "xnor_tc"),
+            "xnor_tc_vs_fp16": ratio("cublas_fp16", "xnor_tc"),
+            "xnor_tc_vs_int8": ratio("cublas_int8", "xnor_tc"),
+            "xnor_tc_tops": (row.get("tera_ops_per_s") or {}).get("xnor_tc")}
 
 
 def _fmt(value, unit=""):
@@ -120,8 +130,9 @@ def markdown_table(rows):
     """Markdown table: times (ms, medians) and ratios per size."""
     head = ("| M x K x N | baseline | XNOR | pack A | pack B | XNOR + packing | cuBLAS SGEMM "
             "| cuBLAS FP16 | cuBLAS INT8 | XNOR vs baseline | XNOR vs SGEMM | with packing: "
-            "vs baseline / vs SGEMM | packing / XNOR | exact |")
-    lines = [head, "|" + "---|" * 14]
+            "vs baseline / vs SGEMM | packing / XNOR | XNOR TC | XNOR TC + packing "
+            "| XNOR TC binary TOPS | XNOR TC vs FP16 / INT8 | exact |")
+    lines = [head, "|" + "---|" * 18]
     for row in rows:
         t = {k: (v or {}).get("median_ms") for k, v in row["times"].items()}
         r = row["ratios"]
@@ -134,7 +145,9 @@ def markdown_table(rows):
             f"{_fmt(t.get('cublas_fp16'))} | {_fmt(t.get('cublas_int8'))} | "
             f"{_fmt(r['xnor_vs_baseline'], 'x')} | {_fmt(r['xnor_vs_sgemm'], 'x')} | "
             f"{_fmt(r['xnor_packed_vs_baseline'], 'x')} / {_fmt(r['xnor_packed_vs_sgemm'], 'x')}"
-            f" | {share}"
+            f" | {share} | {_fmt(t.get('xnor_tc'))} | {_fmt(t.get('xnor_tc_with_packing'))} | "
+            f"{_fmt(r.get('xnor_tc_tops'))} | {_fmt(r.get('xnor_tc_vs_fp16'), 'x')} / "
+            f"{_fmt(r.get('xnor_tc_vs_int8'), 'x')}"
             f" | {exact} |")
     return "\n".join(lines) + "\n\nTimes in ms (CUDA events, median); ratios are speed-ups."
 
@@ -221,7 +234,18 @@ def bench_size(gpu, cublas, size, repeats, rng, notes):
     times["xnor_with_packing"] = time_events(packed_pipeline, event, elapsed, repeats)
     gpu.synchronize()
     xnor = gpu.to_host(c_int)
-    checks = {"baseline": bool(np.array_equal(gpu.to_host(c_float), xnor.astype(np.float32)))}
+    # The tensor-core GEMM: tc layout + popcounts, variant by size (geometry.tc_auto_variant).
+    tc_a, tc_b = gpu.tc_pack(a, "rows"), gpu.tc_pack(b, "cols")
+    times["xnor_tc"] = time_events(lambda: gpu.tc_gemm(tc_a, tc_b, "int", out=c_int), event,
+                                   elapsed, repeats)
+    times["xnor_tc_with_packing"] = time_events(
+        lambda: gpu.tc_gemm(gpu.tc_pack(a, "rows"), gpu.tc_pack(b, "cols"), "int", out=c_int),
+        event, elapsed, repeats)
+    gpu.synchronize()
+    tc_result = gpu.to_host(c_int)
+    del tc_a, tc_b
+    checks = {"baseline": bool(np.array_equal(gpu.to_host(c_float), xnor.astype(np.float32))),
+              "xnor_tc": bool(np.array_equal(tc_result, xnor))}
     # 256 entries against numpy, in exact integer arithmetic.
     rows, cols = rng.integers(0, M, 256), rng.integers(0, N, 256)
     expected = np.einsum("ij,ji->i", a_host[rows].astype(np.int64),
@@ -359,7 +383,8 @@ def main(argv=None):
         t = row["times"]
         print(f"{row['size']}: baseline {t['baseline']['median_ms']:.3f} ms, xnor "
               f"{t['xnor']['median_ms']:.3f} ms, packing {t['pack_a']['median_ms']:.3f} + "
-              f"{t['pack_b']['median_ms']:.3f} ms, exact {row['exact']} {row['checks']}",
+              f"{t['pack_b']['median_ms']:.3f} ms, xnor_tc {t['xnor_tc']['median_ms']:.4f} ms "
+              f"({row['tera_ops_per_s']['xnor_tc']:.0f} TOPS), exact {row['exact']} {row['checks']}",
               flush=True)
     table = markdown_table(rows)
     targets = target_report(rows)

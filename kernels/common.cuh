@@ -43,3 +43,23 @@ __device__ __forceinline__ uint32_t bnn_warp_pack(const Positive& positive, int 
     }
     return mine;
 }
+
+// Bias + BatchNorm of one product s of output n: v = ((s + b) - mean) * g + beta, bn (4 x N)
+// float32 rows b, mean, g = gamma * inv_std, beta; one rounding per operation (the _rn
+// intrinsics forbid fused multiply-adds), the float32 sequence of numpy and of float
+// inference. An int32 s converts exactly for |s| < 2^24. Shared by runtime.cu and tc_gemm.cu.
+template <typename T>
+__device__ __forceinline__ float bnn_to_float(T s);
+template <>
+__device__ __forceinline__ float bnn_to_float<float>(float s) { return s; }
+template <>
+__device__ __forceinline__ float bnn_to_float<int32_t>(int32_t s) { return __int2float_rn(s); }
+
+template <typename T>
+__device__ __forceinline__ float bnn_batchnorm(T s, const float* __restrict__ bn, int N, int n)
+{
+    float v = __fadd_rn(bnn_to_float<T>(s), bn[n]);
+    v = __fsub_rn(v, bn[N + n]);
+    v = __fmul_rn(v, bn[2 * N + n]);
+    return __fadd_rn(v, bn[3 * N + n]);
+}

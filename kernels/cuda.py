@@ -23,7 +23,8 @@ from ._api import Backend, GpuUnavailable
 __all__ = ["CudaBackend", "backend", "KERNEL_DIR", "CU_FILES", "KERNEL_FUNCTIONS"]
 
 KERNEL_DIR = os.path.dirname(os.path.abspath(__file__))
-CU_FILES = ("baseline_gemm.cu", "pack.cu", "xnor_gemm.cu", "runtime.cu")
+CU_FILES = ("baseline_gemm.cu", "pack.cu", "xnor_gemm.cu", "runtime.cu", "tc_gemm.cu",
+            "tc_pack.cu")
 # kernel name -> (file, pycuda argument format: P pointer, i int)
 KERNEL_FUNCTIONS = {
     "bnn_baseline_gemm": ("baseline_gemm.cu", "PPPiii"),
@@ -36,7 +37,18 @@ KERNEL_FUNCTIONS = {
     "bnn_bn_sign_i32": ("runtime.cu", "PPPii"),
     "bnn_bn_scores_f32": ("runtime.cu", "PPPii"),
     "bnn_bn_scores_i32": ("runtime.cu", "PPPii"),
+    "bnn_tc_pack_rows": ("tc_pack.cu", "PPPiii"),
+    "bnn_tc_pack_cols": ("tc_pack.cu", "PPPiii"),
+    "bnn_tc_pack_planes": ("tc_pack.cu", "PPPiii"),
+    "bnn_tc_row_popcount": ("tc_pack.cu", "PPii"),
 }
+# The tensor-core GEMMs: bnn_tc_gemm_<variant>_<mode>_<output> (tc_gemm.cu).
+TC_GEMM_KERNELS = tuple(f"bnn_tc_gemm_{variant}_{mode}_{output}"
+                        for variant in ("large", "small", "simple")
+                        for mode, outputs in (("xnor", ("int", "bits", "scores")),
+                                              ("planes", ("int", "bits")))
+                        for output in outputs)
+KERNEL_FUNCTIONS.update({name: ("tc_gemm.cu", "PPPPPPiiiii") for name in TC_GEMM_KERNELS})
 NVCC_OPTIONS = ["-O3", "-lineinfo"]
 
 _lock = threading.RLock()
@@ -97,6 +109,7 @@ class CudaBackend(Backend):
         self._pool = tools.DeviceMemoryPool()
         self._modules = {}
         self._functions = {}
+        self._shared_opt_in = {}
         atexit.register(self._close)
 
     def _close(self):
@@ -180,9 +193,15 @@ class CudaBackend(Backend):
         return self._driver.Event()
 
     # --- launches ------------------------------------------------------------------------
-    def _launch(self, name, launch, *args):
+    def _launch(self, name, launch, *args, shared=0):
         grid, block = launch
-        self.function(name).prepared_call(grid[:2], block, *args)
+        function = self.function(name)
+        if shared > 48 * 1024 and self._shared_opt_in.get(name, 0) < shared:
+            # More than 48 KiB of dynamic shared memory needs an explicit opt-in.
+            function.set_attribute(self._driver.function_attribute.MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                   int(shared))
+            self._shared_opt_in[name] = shared
+        function.prepared_call(grid[:2], block, *args, shared_size=int(shared))
 
     def _pack_rows(self, x, out, M, K, KW):
         self._launch("bnn_pack_rows", geometry.pack_rows_launch(M, KW),
@@ -213,6 +232,32 @@ class CudaBackend(Backend):
     def _bn_sign_pack(self, s, bn, out, M, N, NW):
         self._launch(f"bnn_bn_sign_pack_{self._suffix(s)}", geometry.pack_rows_launch(M, NW),
                      s.gpudata, bn.gpudata, out.gpudata, M, N, NW)
+
+
+    # --- tensor-core kernels -----------------------------------------------------------
+    def _tc_pack_rows(self, x, words, counts, M, K, KWP):
+        self._launch("bnn_tc_pack_rows", geometry.tc_pack_rows_launch(M),
+                     x.gpudata, words.gpudata, counts.gpudata, M, K, KWP)
+
+    def _tc_pack_cols(self, x, words, counts, K, N, KWP):
+        self._driver.memset_d32(counts.gpudata, 0, N)  # the kernel adds per 16-word group
+        self._launch("bnn_tc_pack_cols", geometry.tc_pack_cols_launch(N, KWP),
+                     x.gpudata, words.gpudata, counts.gpudata, K, N, KWP)
+
+    def _tc_pack_planes(self, pixels, words, sums, M, K, KWP):
+        self._launch("bnn_tc_pack_planes", geometry.tc_pack_rows_launch(M),
+                     pixels.gpudata, words.gpudata, sums.gpudata, M, K, KWP)
+
+    def _tc_row_popcount(self, words, counts, M, KWP):
+        self._launch("bnn_tc_row_popcount", geometry.tc_pack_rows_launch(M),
+                     words.gpudata, counts.gpudata, M, KWP)
+
+    def _tc_gemm(self, mode, output, variant, aw, bw, ac, bc, out, params, M, N, KWP, K, ldo):
+        grid, block, shared = geometry.tc_gemm_launch(variant, M, N)
+        self._launch(f"bnn_tc_gemm_{variant}_{mode}_{output}", (grid, block),
+                     aw.gpudata, bw.gpudata, ac.gpudata, bc.gpudata, out.gpudata,
+                     0 if params is None else params.gpudata, M, N, KWP, K, ldo,
+                     shared=shared)
 
 
 def backend():

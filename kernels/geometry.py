@@ -14,7 +14,15 @@ MAX_GRID_X = 2 ** 31 - 1
 MAX_GRID_Y = 65535
 
 __all__ = ["TILE", "WORD_BITS", "ceil_div", "packed_words", "gemm_launch",
-           "pack_rows_launch", "pack_cols_launch", "elementwise_launch"]
+           "pack_rows_launch", "pack_cols_launch", "elementwise_launch", "tc_words",
+           "TC_TILES", "tc_auto_variant", "tc_gemm_launch", "tc_pack_rows_launch",
+           "tc_pack_cols_launch"]
+
+# Tensor-core GEMM variants: (block rows BM, block columns BN, threads, dynamic shared
+# memory bytes = stages * (BM + BN) * 64); kernels/tc_gemm.cu.
+TC_TILES = {"large": (128, 256, 256, 4 * (128 + 256) * 64),
+            "small": (32, 128, 128, 4 * (32 + 128) * 64),
+            "simple": (64, 32, 128, 0)}
 
 
 def ceil_div(a, b):
@@ -61,3 +69,37 @@ def elementwise_launch(total, max_blocks):
     """Grid and block of the grid-stride elementwise kernels over ``total`` elements."""
     blocks = max(1, min(ceil_div(total, ELEMENTWISE_THREADS), int(max_blocks)))
     return (blocks, 1, 1), (ELEMENTWISE_THREADS, 1, 1)
+
+
+def tc_words(k):
+    """Words per row of the tensor-core ("tc") layout: ``16 * ceil(k / 512)``."""
+    return 16 * ceil_div(k, 512)
+
+
+def tc_auto_variant(M, N, sm_count):
+    """``"large"`` where its grid gives every SM at least two blocks, else ``"small"``
+    (small batches: more, smaller blocks)."""
+    BM, BN = TC_TILES["large"][:2]
+    return "large" if ceil_div(M, BM) * ceil_div(N, BN) >= 2 * int(sm_count) else "small"
+
+
+def tc_gemm_launch(variant, M, N, name="tc_gemm"):
+    """Grid, block and dynamic shared memory of ``bnn_tc_gemm_<variant>_*`` for M GEMM
+    rows (8 per image for bit planes) and N columns."""
+    BM, BN, threads, smem = TC_TILES[variant]
+    grid, block = _checked(name, (ceil_div(N, BN), ceil_div(M, BM)), (threads, 1, 1),
+                           (f"N = {N}", f"M = {M}"))
+    return grid, block, smem
+
+
+def tc_pack_rows_launch(M, name="tc_pack_rows"):
+    """``bnn_tc_pack_rows`` / ``bnn_tc_row_popcount`` / ``bnn_tc_pack_planes``: one warp
+    per row, block (32, 8)."""
+    return _checked(name, (1, ceil_div(M, PACK_ROWS_WARPS)), (WORD_BITS, PACK_ROWS_WARPS, 1),
+                    ("", f"M = {M}"))
+
+
+def tc_pack_cols_launch(N, KWP, name="tc_pack_cols"):
+    """``bnn_tc_pack_cols``: one thread per column and 16-word group."""
+    return _checked(name, (ceil_div(N, PACK_COLS_THREADS), KWP // 16),
+                    (PACK_COLS_THREADS, 1, 1), (f"N = {N}", f"{KWP} words per column"))

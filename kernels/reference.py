@@ -22,7 +22,11 @@ from ._api import Backend
 
 __all__ = ["packed_words", "pack_rows", "pack_cols", "unpack_rows", "unpack_cols",
            "popcount", "xnor_gemm", "baseline_gemm", "batchnorm_params", "batchnorm",
-           "bn_sign", "bn_scores", "bn_sign_pack", "ReferenceBackend"]
+           "bn_sign", "bn_scores", "bn_sign_pack", "ReferenceBackend",
+           "TC_GROUP_WORDS", "tc_words", "tc_positions", "to_tc_layout", "from_tc_layout",
+           "pack_tc_rows", "pack_tc_cols", "unpack_tc", "tc_row_popcount", "pack_tc_planes",
+           "tc_and_counts", "tc_gemm", "tc_planes_gemm", "threshold_bits",
+           "float32_sign_thresholds"]
 
 packed_words = geometry.packed_words
 
@@ -131,6 +135,160 @@ def bn_sign_pack(s, bn):
     return pack_rows(bn_sign(s, bn))
 
 
+# ----------------------------------------------------------------------------
+# The tensor-core ("tc") layout: kernels/tc_common.cuh
+# ----------------------------------------------------------------------------
+
+TC_GROUP_WORDS = 16  # 512 bits: one k-stage of the tensor-core GEMM
+
+
+def tc_words(k):
+    """Words per row of the tc layout: ``16 * ceil(k / 512)`` (zero padding)."""
+    return TC_GROUP_WORDS * geometry.ceil_div(k, 32 * TC_GROUP_WORDS)
+
+
+def tc_positions(kwp):
+    """Storage position of each logical word ``w < kwp``: a 4 x 4 transpose inside
+    every group of 16 words (``16 G + 4 a + b`` -> ``16 G + 4 b + a``)."""
+    w = np.arange(kwp)
+    return (w & ~15) | ((w & 3) << 2) | ((w >> 2) & 3)
+
+
+def to_tc_layout(words, k):
+    """Rows of :func:`pack_rows` words (M, ceil(k/32)) -> tc layout (M, tc_words(k))."""
+    words = np.asarray(words, dtype=np.uint32)
+    kwp = tc_words(k)
+    out = np.zeros((words.shape[0], kwp), np.uint32)
+    out[:, tc_positions(kwp)[:words.shape[1]]] = words
+    return out
+
+
+def from_tc_layout(words, k):
+    """Inverse of :func:`to_tc_layout` (drops the padding words)."""
+    words = np.asarray(words, dtype=np.uint32)
+    return np.ascontiguousarray(words[:, tc_positions(words.shape[1])][:, :packed_words(k)])
+
+
+def tc_row_popcount(words):
+    """int32 set bits per row."""
+    return popcount(np.asarray(words, dtype=np.uint32)).sum(axis=1).astype(np.int32)
+
+
+def pack_tc_rows(x):
+    """``(words, counts)``: the rows of ``x`` (M, K) in tc layout, and their popcounts."""
+    x = np.asarray(x)
+    words = to_tc_layout(pack_rows(x), x.shape[1])
+    return words, tc_row_popcount(words)
+
+
+def pack_tc_cols(x):
+    """``(words, counts)``: the COLUMNS of ``x`` (K, N) as rows (N, tc_words(K))."""
+    return pack_tc_rows(np.asarray(x).T)
+
+
+def unpack_tc(words, k):
+    """+-1 float32 (rows, k) from tc-layout words."""
+    return unpack_rows(from_tc_layout(words, k), k)
+
+
+def pack_tc_planes(pixels):
+    """Bit planes of 8-bit pixels (M, K): ``(planes (8 M, tc_words(K)), sums (M))``.
+
+    Row ``8 m + n`` holds bit ``n`` of image ``m``'s pixels (bit set: packed as +1).
+    """
+    pixels = np.asarray(pixels)
+    if pixels.dtype != np.uint8 or pixels.ndim != 2:
+        raise ValueError(f"pack_tc_planes: pixels must be a uint8 matrix, got "
+                         f"{pixels.dtype} {pixels.shape}")
+    M, K = pixels.shape
+    bits = (pixels[:, None, :] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1
+    planes = np.where(bits.reshape(8 * M, K) == 1, np.float32(1), np.float32(-1))
+    words = to_tc_layout(pack_rows(planes), K)
+    return words, pixels.astype(np.int64).sum(axis=1).astype(np.int32)
+
+
+def tc_and_counts(a_words, b_words):
+    """int64 (M, N): ``popcount(a_m AND b_n)`` over whole rows (any common layout)."""
+    a_words = np.asarray(a_words, dtype=np.uint32)
+    b_words = np.asarray(b_words, dtype=np.uint32)
+    out = np.empty((a_words.shape[0], b_words.shape[0]), np.int64)
+    chunk = max(1, (1 << 22) // max(1, b_words.size))
+    for start in range(0, a_words.shape[0], chunk):
+        block = a_words[start:start + chunk, None, :] & b_words[None, :, :]
+        out[start:start + chunk] = popcount(block).sum(axis=-1)
+    return out
+
+
+def tc_gemm(a_words, a_counts, b_words, b_counts, k):
+    """int32 ``k - 2 a_counts - 2 b_counts + 4 popcount(a AND b)``: the +-1 product."""
+    ands = tc_and_counts(a_words, b_words)
+    ca = np.asarray(a_counts, np.int64)[:, None]
+    cb = np.asarray(b_counts, np.int64)[None, :]
+    return (k - 2 * (ca + cb) + 4 * ands).astype(np.int32)
+
+
+def tc_planes_gemm(planes, sums, b_words):
+    """int32 (M, N) ``P = pixels . w``: ``2 sum_n 2^n popc(plane_n AND w) - sum(pixels)``."""
+    ands = tc_and_counts(planes, b_words)
+    M = ands.shape[0] // 8
+    weighted = (ands.reshape(M, 8, -1) << np.arange(8)[None, :, None]).sum(axis=1)
+    return (2 * weighted - np.asarray(sums, np.int64)[:, None]).astype(np.int32)
+
+
+def threshold_bits(v, thresholds):
+    """Next-layer operand from integer pre-activations ``v`` (M, N) and
+    ``thresholds`` int32 (2, N) (t, flip): bit = ``v <= t`` where flipped, else
+    ``v >= t``; returns ``(words, counts)`` in tc layout."""
+    thresholds = np.asarray(thresholds, np.int64)
+    v = np.asarray(v, np.int64)
+    on = np.where(thresholds[1] != 0, v <= thresholds[0], v >= thresholds[0])
+    return pack_tc_rows(np.where(on, np.float32(1), np.float32(-1)))
+
+
+def float32_sign_thresholds(bn, s_min, s_max):
+    """Thresholds int32 (2, N) reproducing :func:`bn_sign` on integers bit for bit.
+
+    For integer ``s`` in ``[s_min, s_max]``, ``batchnorm(s, bn) >= 0`` (float32, one
+    rounding per operation) equals ``s >= t`` (flip 0) or ``s <= t`` (flip 1). Each
+    rounded step is monotone (non-decreasing; the product with ``g < 0``
+    non-increasing), so the set where the sign is +1 is an interval reaching one end
+    of the range and a bisection finds its edge exactly. ``g = 0`` (or an output
+    that never / always changes) gives ``t = s_min`` (always +1) or
+    ``t = s_max + 1`` (never).
+    """
+    bn = np.asarray(bn, np.float32)
+    s_min, s_max = int(s_min), int(s_max)
+    if s_min > s_max or not (-2 ** 24 <= s_min and s_max <= 2 ** 24):
+        raise ValueError(f"float32_sign_thresholds: need -2**24 <= s_min <= s_max <= 2**24, "
+                         f"got {s_min}, {s_max}")
+
+    def positive(s):  # s: int64 (N,)
+        return batchnorm(s.astype(np.float32)[None, :], bn)[0] >= 0
+
+    n = bn.shape[1]
+    lo_on = positive(np.full(n, s_min, np.int64))
+    hi_on = positive(np.full(n, s_max, np.int64))
+    thresholds = np.empty(n, np.int64)
+    flip = np.zeros(n, np.int64)
+    decreasing = lo_on & ~hi_on
+    increasing = ~lo_on & hi_on
+    thresholds[lo_on & hi_on] = s_min       # always +1
+    thresholds[~lo_on & ~hi_on] = s_max + 1  # never
+    # increasing: first s that is +1, in (lo, hi]; decreasing: last s that is +1, in [lo, hi)
+    lo = np.full(n, s_min, np.int64)
+    hi = np.full(n, s_max, np.int64)
+    while np.any(hi - lo > 1):
+        mid = (lo + hi) // 2
+        on = positive(mid)
+        move_hi = np.where(increasing, on, ~on)  # mid is past the edge
+        hi = np.where(move_hi, mid, hi)
+        lo = np.where(move_hi, lo, mid)
+    thresholds[increasing] = hi[increasing]
+    thresholds[decreasing] = lo[decreasing]
+    flip[decreasing] = 1
+    return np.stack([thresholds, flip]).astype(np.int32)
+
+
 class ReferenceBackend(Backend):
     """Every :class:`kernels.Backend` operation in numpy; device arrays are numpy arrays."""
 
@@ -165,3 +323,28 @@ class ReferenceBackend(Backend):
 
     def _bn_sign_pack(self, s, bn, out, M, N, NW):
         out[...] = bn_sign_pack(s, bn)
+
+    # --- tensor-core operations (numpy: the tc layout functions above) ---------------
+    def _tc_pack_rows(self, x, words, counts, M, K, KWP):
+        words[...], counts[...] = pack_tc_rows(x)
+
+    def _tc_pack_cols(self, x, words, counts, K, N, KWP):
+        words[...], counts[...] = pack_tc_cols(x)
+
+    def _tc_pack_planes(self, pixels, words, sums, M, K, KWP):
+        words[...], sums[...] = pack_tc_planes(pixels)
+
+    def _tc_row_popcount(self, words, counts, M, KWP):
+        counts[...] = tc_row_popcount(words)
+
+    def _tc_gemm(self, mode, output, variant, aw, bw, ac, bc, out, params, M, N, KWP, K, ldo):
+        if mode == "planes":
+            v = tc_planes_gemm(aw, ac, bw)
+        else:
+            v = tc_gemm(aw, ac, bw, bc, K)
+        if output == "int":
+            out[...] = v
+        elif output == "scores":
+            out[...] = bn_scores(v, params)
+        else:
+            out[...] = threshold_bits(v, params)[0]

@@ -9,22 +9,6 @@
 #include "common.cuh"
 
 template <typename T>
-__device__ __forceinline__ float bnn_to_float(T s);
-template <>
-__device__ __forceinline__ float bnn_to_float<float>(float s) { return s; }
-template <>
-__device__ __forceinline__ float bnn_to_float<int32_t>(int32_t s) { return __int2float_rn(s); }
-
-template <typename T>
-__device__ __forceinline__ float bnn_batchnorm(T s, const float* __restrict__ bn, int N, int n)
-{
-    float v = __fadd_rn(bnn_to_float<T>(s), bn[n]);
-    v = __fsub_rn(v, bn[N + n]);
-    v = __fmul_rn(v, bn[2 * N + n]);
-    return __fadd_rn(v, bn[3 * N + n]);
-}
-
-template <typename T>
 struct BnnSignValues {
     const T* row;
     const float* bn;

@@ -73,19 +73,79 @@ def check(backend, shapes):
     return failures
 
 
+TC_SHAPES = ((1, 1, 1), (3, 31, 5), (17, 513, 33), (40, 784, 300), (130, 1100, 260),
+             (300, 4096, 1030))
+TC_QUICK_SHAPES = ((1, 1, 1), (17, 513, 33), (40, 784, 300))
+
+
+def check_tc(backend, shapes, variants=("simple", "small", "large")):
+    """``{operation: mismatching shapes}`` of the tensor-core kernels: packers, every
+    GEMM variant with every epilogue, bit planes; all against the numpy reference."""
+    rng = np.random.default_rng(2)
+    failures = {}
+
+    def record(name, ok):
+        failures[name] = failures.get(name, 0) + (not ok)
+
+    for M, K, N in shapes:
+        a, b = _inputs(rng, M, K, N)
+        exact = (np.where(a >= 0, 1, -1).astype(np.int64)
+                 @ np.where(b >= 0, 1, -1).astype(np.int64))
+        pa, pb = backend.tc_pack(a, "rows"), backend.tc_pack(b, "cols")
+        ra, rb = ref.pack_tc_rows(a), ref.pack_tc_cols(b)
+        record("tc_pack rows", np.array_equal(pa.words, ra[0]) and np.array_equal(pa.counts, ra[1]))
+        record("tc_pack cols", np.array_equal(pb.words, rb[0]) and np.array_equal(pb.counts, rb[1]))
+        pixels = rng.integers(0, 256, (M, K), dtype=np.uint8)
+        planes = backend.tc_pack_pixels(pixels)
+        rp = ref.pack_tc_planes(pixels)
+        record("tc_pack_pixels", np.array_equal(planes.words, rp[0])
+               and np.array_equal(planes.counts, rp[1]))
+        P = pixels.astype(np.int64) @ np.where(b >= 0, 1, -1).astype(np.int64)
+        thr = np.stack([rng.integers(-K // 4 - 1, K // 4 + 2, N), rng.integers(0, 2, N)]).astype(np.int32)
+        thr_p = np.stack([rng.integers(-20 * K, 20 * K + 1, N), rng.integers(0, 2, N)]).astype(np.int32)
+        bn = ref.batchnorm_params(rng.standard_normal(N), rng.standard_normal(N),
+                                  rng.standard_normal(N), rng.standard_normal(N) * 3,
+                                  rng.uniform(0.01, 1, N))
+        for variant in variants:
+            tag = f"[{variant}]"
+            record(f"tc_gemm int {tag}", np.array_equal(backend.tc_gemm(pa, pb, "int", None, variant),
+                                                        exact))
+            bits = backend.tc_gemm(pa, pb, "bits", thr, variant)
+            expected = ref.threshold_bits(exact, thr)
+            record(f"tc_gemm bits {tag}", np.array_equal(bits.words, expected[0])
+                   and np.array_equal(bits.counts, expected[1]))
+            record(f"tc_gemm scores {tag}", np.array_equal(
+                backend.tc_gemm(pa, pb, "scores", bn, variant), ref.bn_scores(exact, bn)))
+            record(f"tc_gemm planes int {tag}", np.array_equal(
+                backend.tc_gemm(planes, pb, "int", None, variant), P))
+            pbits = backend.tc_gemm(planes, pb, "bits", thr_p, variant)
+            expected = ref.threshold_bits(P, thr_p)
+            record(f"tc_gemm planes bits {tag}", np.array_equal(pbits.words, expected[0])
+                   and np.array_equal(pbits.counts, expected[1]))
+        record("xnor_tc_gemm (float in)", np.array_equal(backend.xnor_tc_gemm(a, b), exact))
+    backend.synchronize()
+    return failures
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m kernels.selfcheck", description=__doc__)
     parser.add_argument("--backend", choices=kernels.BACKENDS, default="cuda")
     parser.add_argument("--quick", action="store_true", help="fewer, smaller shapes")
+    parser.add_argument("--only", choices=("all", "tc", "paper"), default="all",
+                        help="tc: only the tensor-core kernels; paper: only the 2016 ones")
     args = parser.parse_args(argv)
     try:
         backend = kernels.get_backend(args.backend)
     except kernels.GpuUnavailable as error:
         print(f"error: no GPU here: {error}", file=sys.stderr)
         return 2
-    failures = check(backend, QUICK_SHAPES if args.quick else SHAPES)
+    failures = {}
+    if args.only in ("all", "tc"):
+        failures.update(check_tc(backend, TC_QUICK_SHAPES if args.quick else TC_SHAPES))
+    if args.only in ("all", "paper"):
+        failures.update(check(backend, QUICK_SHAPES if args.quick else SHAPES))
     for name, count in failures.items():
-        print(f"{name:24s} {'ok' if count == 0 else f'FAILED on {count} shape(s)'}")
+        print(f"{name:28s} {'ok' if count == 0 else f'FAILED on {count} shape(s)'}", flush=True)
     return 1 if any(failures.values()) else 0
 
 

@@ -100,7 +100,8 @@ def test_plain_engine_on_reference_backend_xnor_equals_baseline():
 def test_theano_ops_and_layers_give_the_same_network_for_every_kernel():
     params = random_params([50, 64, 70, 10])
     X = inputs(40, 50)
-    runtimes = {k: gr.build_runtime(params, k, backend="reference") for k in gr.KERNELS}
+    runtimes = {k: gr.build_runtime(params, k, backend="reference") for k in gr.KERNELS
+                if k != "xnor_tc"}  # plain engine only (tested below)
     assert all(r.engine == "theano" for r in runtimes.values())
     scores = {k: r.scores(X) for k, r in runtimes.items()}
     np.testing.assert_array_equal(scores["xnor"], scores["baseline"])
@@ -209,3 +210,77 @@ def test_gpu_command_on_trained_network(gpu, tmp_path):
     record = json.loads(output.read_text())["networks"][0]
     assert record["checks"]["xnor_vs_baseline_differing_predictions"] == 0
     assert "on_device" in record["kernels"]["xnor"]
+
+
+# ----------------------------------------------------------------------------- xnor_tc
+
+def pixel_inputs(rows, cols, seed=2):
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (rows, cols), dtype=np.uint8)
+    pixels[:, ::3] = 0  # MNIST-like zeros
+    return pixels, (2 * (pixels.astype(np.float32) / np.float32(255)) - 1).astype(np.float32)
+
+
+def test_pixels_from_inputs_recovers_the_8bit_grid():
+    pixels, X = pixel_inputs(30, 784)
+    np.testing.assert_array_equal(gr.pixels_from_inputs(X), pixels)
+    np.testing.assert_array_equal(gr.pixels_from_inputs(pixels), pixels)
+
+
+def test_pixel_thresholds_exact_with_negative_and_zero_gamma():
+    params = random_params([40, 24, 10], seed=4)
+    params[3][:6] = [-1.0, -0.5, 0.0, -0.0, 0.0, 1e-30]  # gamma: flips and constants
+    params[2][2:5] = [0.5, -0.5, 0.0]                     # beta decides the constants
+    spec = gr.specs_from_params(params)[0]
+    thresholds = gr.pixel_thresholds(spec)
+    fallback = gr._exact_pixel_thresholds(spec.bn, spec.signs.astype(np.int64).sum(axis=0), 40)
+    np.testing.assert_array_equal(thresholds, fallback)
+    assert list(thresholds[1, :2]) == [1, 1]
+    # Check against exact rational arithmetic on every P of a few random images.
+    from fractions import Fraction
+    pixels, _ = pixel_inputs(20, 40, seed=5)
+    P = pixels.astype(np.int64) @ spec.signs.astype(np.int64)
+    sw = spec.signs.astype(np.int64).sum(axis=0)
+    b, mean, g, beta = spec.bn
+    for i in range(20):
+        for j in range(24):
+            x_w = Fraction(2 * int(P[i, j]), 255) - int(sw[j])
+            on = Fraction(float(g[j])) * (x_w + Fraction(float(b[j])) - Fraction(float(mean[j]))) \
+                + Fraction(float(beta[j])) >= 0
+            t, f = thresholds[:, j]
+            assert on == (P[i, j] <= t if f else P[i, j] >= t), (i, j)
+
+
+def test_xnor_tc_on_reference_backend_equals_float_network():
+    params = random_params([100, 64, 70, 10], seed=6)
+    pixels, X = pixel_inputs(50, 100)
+    baseline = gr.build_runtime(params, "baseline", backend="reference", engine="plain")
+    tc = gr.build_runtime(params, "xnor_tc", backend="reference", engine="plain")
+    assert isinstance(tc.plain, gr.TcRuntime) and tc.engine == "plain"
+    np.testing.assert_array_equal(tc.scores(X), baseline.scores(X))
+    np.testing.assert_array_equal(tc.plain(pixels), baseline.scores(X))
+    with pytest.raises(ValueError, match="engine='plain'"):
+        gr.build_runtime(params, "xnor_tc", backend="reference", engine="theano")
+
+
+def test_command_runs_xnor_tc_on_reference_backend(tmp_path, capsys):
+    if not os.path.isdir(MNIST_DIR):
+        pytest.skip("MNIST not here")
+    output = tmp_path / "run.json"
+    code = gr.main(["--random-shape", "64", "--data-dir", MNIST_DIR, "--backend", "reference",
+                    "--limit", "120", "--repeats", "1", "--kernels", "baseline,xnor,xnor_tc",
+                    "--engine", "plain", "--batches", "1,16,100", "--output", str(output)])
+    assert code == 0
+    (record,) = json.loads(output.read_text())["networks"]
+    assert record["checks"]["xnor_tc_vs_baseline_differing_predictions"] == 0
+    assert "| random 784-64-64-64-10 | xnor_tc |" in capsys.readouterr().out
+    assert gr.main(["--random-shape", "8", "--batches", "0"]) == 2
+
+
+def test_gpu_xnor_tc_network_equals_reference(gpu):
+    params = random_params([784, 512, 300, 10], seed=9)
+    _, X = pixel_inputs(300, 784)
+    for variant in ("simple", "small", "large"):
+        on_gpu = gr.TcRuntime(gr.specs_from_params(params), gpu, variant)
+        on_cpu = gr.build_runtime(params, "xnor_tc", backend="reference", engine="plain")
+        np.testing.assert_array_equal(on_gpu(X), on_cpu.scores(X))
