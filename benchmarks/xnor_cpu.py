@@ -264,8 +264,7 @@ def markdown(report):
     conv = report.get("convnet")
     if conv:
         for label, path in conv["paths"].items():
-            rows.append(f"| {conv['architecture']}, batch {conv['images']} (conv popcount is "
-                        f"scalar) | {label} | {path['xnor']['median_s'] * 1e3:.1f} ms | Theano "
+            rows.append(f"| {conv['architecture']}, batch {conv['images']} | {label} | {path['xnor']['median_s'] * 1e3:.1f} ms | Theano "
                         f"float32 {conv['theano_float32']['median_s'] * 1e3:.1f} ms | "
                         f"{path['speedup']:.1f}x | - | - |")
     return "\n".join(rows)
