@@ -36,8 +36,9 @@ use (including the project's :class:`~binary_net.binarization.Round3` and
 :class:`~binary_net.binarization.SignStraightThrough`) and ``Composite``;
 reductions, ``Dot``, ``DimShuffle``, ``Reshape``, (Inc)Subtensor with
 ``.at[]``, ``Alloc``, ``Argmax``, ``MaxAndArgmax``; ``AbstractConv2d`` and
-its two gradients (``lax.conv_general_dilated`` and its VJP), ``Pool`` (max)
-and ``MaxPoolGrad`` (every tied maximum gets the gradient, as in Theano);
+its two gradients (``lax.conv_general_dilated`` and its linear transposes,
+all emitted in the NHWC/HWIO layout XLA:CPU runs with Eigen, also inside
+``lax.scan``: see :func:`_canonical_conv`), ``Pool`` (max) and ``MaxPoolGrad`` (every tied maximum gets the gradient, as in Theano);
 ``mrg_uniform``, the MRG31k3p generator, in int32 arithmetic identical to
 Theano's C code, so dropout and stochastic-binarization masks are the same
 numbers as on the C backend; :class:`~binary_net.fused_updates.BinaryAdamStep`.
@@ -573,6 +574,69 @@ def _conv_forward(op, kernel_hw):
     return forward
 
 
+def _canonical_conv(lhs, rhs, *, dimension_numbers, **params):
+    """``lax.conv_general_dilated`` in the one layout XLA:CPU hands to Eigen.
+
+    XLA:CPU runs a convolution with its fast Eigen kernel only when the
+    operands are (batch, spatial..., feature) and (spatial..., in, out). Its
+    ConvCanonicalization pass inserts those transposes only for convolutions
+    of the entry computation: inside the ``lax.scan`` of
+    :meth:`JaxFunction.scan` an NCHW convolution (and every gradient
+    convolution) falls back to a naive loop nest, 30-40x slower. So the
+    transposes are written here, around a convolution that is already in
+    that layout (on GPU, XLA re-lays it out as it likes).
+    """
+    lax = _lax()
+    lhs_spec, rhs_spec, out_spec = dimension_numbers
+    nd = len(lhs_spec) - 2
+    lhs = _jnp().transpose(lhs, (lhs_spec[0],) + tuple(lhs_spec[2:]) + (lhs_spec[1],))
+    rhs = _jnp().transpose(rhs, tuple(rhs_spec[2:]) + (rhs_spec[1], rhs_spec[0]))
+    spatial = tuple(range(1, nd + 1))
+    canonical = lax.ConvDimensionNumbers(lhs_spec=(0, nd + 1) + spatial,
+                                         rhs_spec=(nd + 1, nd) + tuple(range(nd)),
+                                         out_spec=(0, nd + 1) + spatial)
+    out = lax.conv_general_dilated_p.bind(lhs, rhs, dimension_numbers=canonical, **params)
+    # out is (batch, spatial..., feature); out_spec says where each goes
+    placed = (out_spec[0],) + tuple(out_spec[2:]) + (out_spec[1],)
+    return _jnp().transpose(out, tuple(int(i) for i in np.argsort(placed)))
+
+
+def _with_canonical_convs(fun, *args):
+    """``fun(*args)`` with every convolution it traces to replaced by :func:`_canonical_conv`."""
+    jax = _jax()
+    closed = jax.make_jaxpr(fun)(*args)
+    return _eval_canonical(closed.jaxpr, closed.consts, args)
+
+
+def _eval_canonical(jaxpr, consts, args):
+    from jax import core
+    lax = _lax()
+    env = {}
+
+    def read(var):
+        return var.val if isinstance(var, core.Literal) else env[var]
+
+    for var, value in zip(jaxpr.constvars, consts):
+        env[var] = value
+    for var, value in zip(jaxpr.invars, args):
+        env[var] = value
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        if eqn.primitive is lax.conv_general_dilated_p:
+            outvals = [_canonical_conv(*invals, **eqn.params)]
+        elif eqn.primitive.name == "pjit":
+            inner = eqn.params["jaxpr"]
+            outvals = _eval_canonical(inner.jaxpr, inner.consts, invals)
+        else:
+            subfuns, params = eqn.primitive.get_bind_params(eqn.params)
+            outvals = eqn.primitive.bind(*subfuns, *invals, **params)
+            if not eqn.primitive.multiple_results:
+                outvals = [outvals]
+        for var, value in zip(eqn.outvars, outvals):
+            env[var] = value
+    return [read(v) for v in jaxpr.outvars]
+
+
 def _register_conv_pool():
     from theano.tensor.nnet.abstract_conv import (AbstractConv2d, AbstractConv2d_gradInputs,
                                                   AbstractConv2d_gradWeights)
@@ -580,27 +644,28 @@ def _register_conv_pool():
 
     @register(AbstractConv2d)
     def conv2d(node, image, kernel):
-        return _conv_forward(node.op, kernel.shape[2:])(image, kernel)
+        forward = _conv_forward(node.op, kernel.shape[2:])
+        return _with_canonical_convs(forward, image, kernel)[0]
 
     @register(AbstractConv2d_gradWeights)
     def conv2d_grad_weights(node, image, topgrad, shape):
-        # The VJP of the forward convolution w.r.t. its kernel: the exact
-        # transpose of what AbstractConv2d computes (flip, padding, strides).
+        # The transpose of the forward convolution as a linear map of its
+        # kernel: exactly what AbstractConv2d computes (flip, padding, strides).
         hw = _static_ints(shape, "the kernel shape")
         kernel_shape = (topgrad.shape[1], image.shape[1] // int(node.op.num_groups)) + hw
         forward = _conv_forward(node.op, hw)
-        zeros = _jnp().zeros(kernel_shape, topgrad.dtype)
-        _, vjp = _jax().vjp(lambda k: forward(image, k), zeros)
-        return vjp(topgrad)[0]
+        transpose = _jax().linear_transpose(
+            lambda k: forward(image, k), _jax().ShapeDtypeStruct(kernel_shape, topgrad.dtype))
+        return _with_canonical_convs(transpose, topgrad)[0]
 
     @register(AbstractConv2d_gradInputs)
     def conv2d_grad_inputs(node, kernel, topgrad, shape):
         hw = _static_ints(shape, "the image shape")
         image_shape = (topgrad.shape[0], kernel.shape[1] * int(node.op.num_groups)) + hw
         forward = _conv_forward(node.op, kernel.shape[2:])
-        zeros = _jnp().zeros(image_shape, topgrad.dtype)
-        _, vjp = _jax().vjp(lambda i: forward(i, kernel), zeros)
-        return vjp(topgrad)[0]
+        transpose = _jax().linear_transpose(
+            lambda i: forward(i, kernel), _jax().ShapeDtypeStruct(image_shape, topgrad.dtype))
+        return _with_canonical_convs(transpose, topgrad)[0]
 
     @register(Pool)
     def pool(node, x, ws, stride, pad):
