@@ -4,8 +4,8 @@
 # Before calling the device tool, in the repository root of this machine:
 #     mkdir -p .whl .data
 #     cp -r ../shared/wheels/cuda13-cp312 .whl/             # pycuda + its pure-Python deps
-#     mkdir -p .whl/py && cp ~/.cache/pip/wheels/*/*/*/*/theano_pymc-1.1.2-py3-none-any.whl \
-#         ~/.cache/pip/wheels/*/*/*/*/lasagne-0.1-py3-none-any.whl .whl/py/   # if present
+#     mkdir -p .whl/py && cp .whl/theano_pymc-1.1.2-py3-none-any.whl .whl/lasagne-0.1-py3-none-any.whl \
+#         .whl/filelock-*.whl .whl/tqdm-*.whl .whl/py/   # built by: pip wheel --no-deps theano-pymc==1.1.2 lasagne==0.1
 #     cp -r ../shared/datasets/mnist .data/mnist
 # then run it with the device tool:
 #     command: "bash benchmarks/gpu_device_check.sh"   carry: [".whl", ".data"]
