@@ -608,13 +608,22 @@ def _with_canonical_convs(fun, *args):
     return _eval_canonical(closed.jaxpr, closed.consts, args)
 
 
+def _literal_type():
+    """``Literal`` of jaxprs: ``jax.extend.core`` on current JAX, ``jax.core`` before."""
+    try:
+        from jax.extend.core import Literal
+    except ImportError:
+        from jax.core import Literal
+    return Literal
+
+
 def _eval_canonical(jaxpr, consts, args):
-    from jax import core
     lax = _lax()
+    literal = _literal_type()
     env = {}
 
     def read(var):
-        return var.val if isinstance(var, core.Literal) else env[var]
+        return var.val if isinstance(var, literal) else env[var]
 
     for var, value in zip(jaxpr.constvars, consts):
         env[var] = value
@@ -624,11 +633,14 @@ def _eval_canonical(jaxpr, consts, args):
         invals = [read(v) for v in eqn.invars]
         if eqn.primitive is lax.conv_general_dilated_p:
             outvals = [_canonical_conv(*invals, **eqn.params)]
-        elif eqn.primitive.name == "pjit":
+        elif eqn.primitive.name in ("pjit", "jit") and "jaxpr" in eqn.params:
+            # a nested jit ("pjit" up to JAX 0.6, "jit" after)
             inner = eqn.params["jaxpr"]
             outvals = _eval_canonical(inner.jaxpr, inner.consts, invals)
         else:
-            subfuns, params = eqn.primitive.get_bind_params(eqn.params)
+            bound = eqn.primitive.get_bind_params(eqn.params)
+            # (subfuns, params) up to JAX 0.4.x; params alone on current JAX
+            subfuns, params = bound if isinstance(bound, tuple) else ((), bound)
             outvals = eqn.primitive.bind(*subfuns, *invals, **params)
             if not eqn.primitive.multiple_results:
                 outvals = [outvals]
