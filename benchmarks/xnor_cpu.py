@@ -161,19 +161,34 @@ def bench_mnist(params_path, data_dir, repeats, workdir):
         "model_bytes": os.path.getsize(model_path),
         "size_ratio": os.path.getsize(local_params) / os.path.getsize(model_path),
         "paths": {}}
+    for label, (path, labels) in time_popcount_paths(
+            lambda: file_runtime.scores(X), float_time, float_scores, repeats).items():
+        path["test_error_xnor_percent"] = float((labels != y).mean() * 100)
+        result["paths"][label] = path
+    return result
+
+
+def time_popcount_paths(scores, float_time, float_scores, repeats, what=""):
+    """Time ``scores()`` on every popcount path against the float run-time's time.
+
+    Asserts that the predictions equal the float ones. Returns, per path
+    label, the JSON record and the predicted labels.
+    """
+    float_labels = float_scores.argmax(1)
+    paths = {}
     for label, isa in popcount_paths():
         set_isa(isa)
-        xnor_time, xnor_scores = measure(lambda: file_runtime.scores(X), repeats)
-        xnor_labels = xnor_scores.argmax(1)
-        assert np.array_equal(float_labels, xnor_labels), \
-            f"{int((float_labels != xnor_labels).sum())} predictions differ"
-        result["paths"][label] = {
+        xnor_time, xnor_scores = measure(scores, repeats)
+        labels = xnor_scores.argmax(1)
+        assert np.array_equal(float_labels, labels), \
+            f"{int((float_labels != labels).sum())} {what}predictions differ"
+        paths[label] = ({
             "xnor": xnor_time, "speedup": float_time["median_s"] / xnor_time["median_s"],
             "predictions_identical": True,
-            "scores_max_abs_difference": float(np.abs(float_scores - xnor_scores).max()),
-            "test_error_xnor_percent": float((xnor_labels != y).mean() * 100)}
+            "scores_max_abs_difference": float(np.abs(float_scores - xnor_scores).max())},
+            labels)
     set_isa("auto")
-    return result
+    return paths
 
 
 def random_convnet_params(rng, filters, units=1024, outputs=10, size=32, channels=3):
@@ -212,21 +227,14 @@ def bench_convnet(batch, repeats, rng, workdir):
     file_runtime = binary_model.load_model(model_path).runtime("xnor_cpu")
     float_runtime = xnor_conv.build_runtime_convnet(params, kernel="theano")
     float_time, float_scores = measure(lambda: float_runtime.scores(images), repeats)
-    float_labels = float_scores.argmax(1)
     result = {"images": batch, "architecture": "CIFAR-10 ConvNet (paper), random weights",
               "theano_float32": float_time, "model_bytes": os.path.getsize(model_path),
               "paths": {}}
-    for label, isa in popcount_paths():
-        set_isa(isa)
-        xnor_time, xnor_scores = measure(lambda: file_runtime.scores(images), repeats)
-        labels = xnor_scores.argmax(1)
-        assert np.array_equal(float_labels, labels), \
-            f"{int((float_labels != labels).sum())} ConvNet predictions differ"
-        result["paths"][label] = {
-            "xnor": xnor_time, "speedup": float_time["median_s"] / xnor_time["median_s"],
-            "predictions_identical": True, "distinct_labels": int(len(set(labels))),
-            "scores_max_abs_difference": float(np.abs(float_scores - xnor_scores).max())}
-    set_isa("auto")
+    for label, (path, labels) in time_popcount_paths(
+            lambda: file_runtime.scores(images), float_time, float_scores, repeats,
+            "ConvNet ").items():
+        path["distinct_labels"] = int(len(set(labels)))
+        result["paths"][label] = path
     return result
 
 

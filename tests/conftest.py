@@ -61,3 +61,15 @@ def _numpy_ap2(x):
 def numpy_ap2():
     """numpy reference of :func:`binary_net.binarization.ap2` (float64)."""
     return _numpy_ap2
+
+
+@pytest.fixture(params=["avx2", "auto"])
+def isa(request, monkeypatch):
+    """Run a test of the CPU XNOR Ops with the AVX2 popcount forced, and with the
+    best path of this CPU; returns the path's label."""
+    from binary_net import xnor_cpu
+    if request.param == "avx2":
+        monkeypatch.setenv(xnor_cpu.ISA_ENV, "avx2")
+    else:
+        monkeypatch.delenv(xnor_cpu.ISA_ENV, raising=False)
+    return xnor_cpu.active_popcount()

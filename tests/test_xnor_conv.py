@@ -72,16 +72,6 @@ def test_reference_equals_float_conv(shape):
     np.testing.assert_array_equal(got, float_conv_reference(x, w, pad, pool))
 
 
-@pytest.fixture(params=["avx2", "auto"])
-def isa(request, monkeypatch):
-    """Run a test with the AVX2 popcount forced, and with the best path of this CPU."""
-    if request.param == "avx2":
-        monkeypatch.setenv(xc.ISA_ENV, "avx2")
-    else:
-        monkeypatch.delenv(xc.ISA_ENV, raising=False)
-    return xc.active_popcount()
-
-
 def test_op_int_output_equals_reference_on_edge_shapes(isa):
     rng = np.random.RandomState(0)
     for M, H, W, C, F, fs, pad, pool in EDGE_SHAPES:

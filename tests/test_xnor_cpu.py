@@ -66,16 +66,6 @@ def test_reference_equals_float_products(k):
 
 # ---------------------------------------------------------------- the C Op
 
-@pytest.fixture(params=["avx2", "auto"])
-def isa(request, monkeypatch):
-    """Run a test with the AVX2 path forced, and with the best path of this CPU."""
-    if request.param == "avx2":
-        monkeypatch.setenv(xc.ISA_ENV, "avx2")
-    else:
-        monkeypatch.delenv(xc.ISA_ENV, raising=False)
-    return xc.active_popcount()
-
-
 def test_op_equals_reference_on_edge_shapes(float_gemm, isa):
     rng = np.random.RandomState(1)
     shapes = [(m, n, k) for k in EDGE_SIZES for m, n in ((1, 1), (31, 65), (33, 4), (2, 513))]
