@@ -35,6 +35,7 @@ import theano
 import theano.tensor as T
 
 from .updates import binary_updates, squared_hinge_loss
+from .model.npzfile import atomic_savez
 
 __all__ = ["Trainer", "TrainingError", "atomic_savez", "save_params", "load_params",
            "machine_description"]
@@ -58,22 +59,6 @@ def compile_mode():
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (diverged loss, unusable checkpoint)."""
-
-
-def atomic_savez(path, *args, **kwargs):
-    """``np.savez`` into a temporary file beside ``path``, then rename it over."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as tmp:
-            np.savez(tmp, *args, **kwargs)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
 
 
 def _atomic_write_text(path, text):
