@@ -9,7 +9,8 @@ backward. The 2016 code wrote it as ``2 * round3(hard_sigmoid(x)) - 1`` with
 ``-3e-8 < x < 0`` because ``(x + 1) / 2`` rounds to 0.5 in float32, so the
 unit is one scalar op with exactly the paper's forward and backward.
 Deterministic and stochastic weight binarization are chosen in one place,
-:func:`binarize`.
+:func:`binarize`; stochastic activations (:func:`stochastic_binary_tanh_unit`)
+draw with the same rule from the same kind of random stream.
 """
 from . import compat  # noqa: F401  (must precede Theano)
 import numpy as np
@@ -18,7 +19,7 @@ import theano.tensor as T
 from theano import scalar
 
 __all__ = ["hard_sigmoid", "round3", "sign_st", "binary_tanh_unit", "binary_sigmoid_unit",
-           "binarize", "glorot_scale", "ap2"]
+           "stochastic_sign", "stochastic_binary_tanh_unit", "binarize", "glorot_scale", "ap2"]
 
 
 class Round3(scalar.UnaryScalarOp):
@@ -89,6 +90,43 @@ def binary_sigmoid_unit(x):
     return (sign_st(x) + 1.) / 2.
 
 
+def stochastic_sign(x, srng):
+    """``+1`` with probability ``hard_sigmoid(x)``, else ``-1`` (no gradient).
+
+    The paper's stochastic binarization (section 1.1, eq. 2 of
+    arXiv:1602.02830v3). One uniform draw per element from ``srng`` (an
+    ``MRG_RandomStream``): ``+1`` where ``u < hard_sigmoid(x)``. Returns a
+    floatX tensor of ``x``'s shape; ``x`` with ``|x| >= 1`` gives its sign
+    with certainty (``x = -1`` always ``-1``, ``x = 1`` always ``+1``).
+    """
+    probability = hard_sigmoid(x)
+    positive = srng.binomial(n=1, p=probability, size=T.shape(probability),
+                             dtype=theano.config.floatX)
+    return T.cast(2. * positive - 1., theano.config.floatX)
+
+
+def stochastic_binary_tanh_unit(x, srng):
+    """Stochastic sign activation with the deterministic unit's gradient.
+
+    Forward: :func:`stochastic_sign` (``+1`` with probability
+    ``hard_sigmoid(x) = clip((x + 1) / 2, 0, 1)``, else ``-1``), the paper's
+    eq. 2 for activations. Backward: the same straight-through estimator as
+    :func:`binary_tanh_unit`, ``g * 1{|x| <= 1}`` (paper section 1.3), exactly:
+    the output is ``sign_st(x) + disconnected_grad(sample - sign_st(x))``,
+    whose value is the sample (``+-1`` and ``+-2`` add exactly in float).
+
+    Parameters
+    ----------
+    x : Theano tensor (floatX), any shape
+    srng : MRG_RandomStream
+        Draws ``x.size`` uniforms per call; its state advances with each
+        training step (a shared variable with a default update).
+    """
+    deterministic = sign_st(x)
+    sample = stochastic_sign(x, srng)
+    return deterministic + theano.gradient.disconnected_grad(sample - deterministic)
+
+
 def binarize(W, H=1., deterministic=True, srng=None):
     """Binarize real-valued weights to ``+H`` / ``-H``.
 
@@ -119,10 +157,7 @@ def binarize(W, H=1., deterministic=True, srng=None):
         return T.cast(H * (T.sgn(W) + T.eq(W, 0)), theano.config.floatX)
     if srng is None:
         raise ValueError("stochastic binarization needs a random stream (srng)")
-    probability = hard_sigmoid(W / H)
-    positive = srng.binomial(n=1, p=probability, size=T.shape(probability),
-                             dtype=theano.config.floatX)
-    return T.cast(H * (2. * positive - 1.), theano.config.floatX)
+    return T.cast(H * stochastic_sign(W / H, srng), theano.config.floatX)
 
 
 def glorot_scale(fan_in, fan_out):

@@ -19,6 +19,9 @@ __all__ = ["training_parser", "run", "subset", "split_train_valid", "RunError",
 # may change them; every other argument must match the checkpoint's.
 LOCATION_ARGS = ("data_dir", "download", "output_dir", "resume", "progress",
                  "eval_batch_size", "checkpoint_every")
+# Flags added after the first recorded runs: left out of config.json at these
+# defaults, so earlier runs' configs and checkpoints stay as they were.
+LATER_DEFAULTS = {"stochastic_activations": False, "eval_weights": "binary"}
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -61,6 +64,14 @@ def training_parser(dataset, description, defaults):
     model.add_argument("--stochastic", action="store_true",
                        help="stochastic weight binarization while training "
                             "(off: deterministic, as in the paper's runs)")
+    model.add_argument("--stochastic-activations", action="store_true",
+                       help="stochastic binarization of the hidden activations while training "
+                            "(+1 with probability hard_sigmoid(x), paper eq. 2); validation, "
+                            "test and the run time stay deterministic")
+    model.add_argument("--eval-weights", choices=("binary", "real"), default="binary",
+                       help="validation/test of a --stochastic network with sign(W) (binary: "
+                            "what the run time executes) or with the real-valued W (real: the "
+                            "2016 code's evaluation)")
     model.add_argument("--H", type=_h_value, default=1.0,
                        help='binary weight magnitude, a number or "Glorot"')
     model.add_argument("--W-LR-scale", type=_h_value, default="Glorot",
@@ -158,6 +169,9 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
             require_jax()
         except BackendError as error:
             raise RunError(str(error)) from None
+    if getattr(args, "eval_weights", "binary") == "real" and not args.stochastic:
+        raise RunError("--eval-weights real: only with --stochastic (it evaluates "
+                       "stochastically binarized weights with their real values)")
     checkpoint = os.path.join(args.output_dir, "checkpoint.npz")
     if os.path.exists(checkpoint) and not args.resume:
         raise RunError(f"{checkpoint} exists: add --resume to continue that run, "
@@ -181,6 +195,9 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
               if key not in LOCATION_ARGS}
     if config.get("backend") == "theano":
         del config["backend"]  # configs of Theano runs stay as they were
+    for key, default in LATER_DEFAULTS.items():
+        if config.get(key, default) == default:
+            config.pop(key, None)
     print("config: " + json.dumps(config, sort_keys=True))
     config["command"] = " ".join([f"python {args.dataset}.py"]
                                  + [shlex.quote(a) for a in argv])
@@ -188,7 +205,8 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
                       args.batch_size, optimizer=args.optimizer, preprocess=preprocess,
                       output_dir=args.output_dir, seed=args.seed, config=config,
                       progress=args.progress, eval_batch_size=args.eval_batch_size,
-                      backend=backend, checkpoint_every=getattr(args, "checkpoint_every", 1))
+                      backend=backend, checkpoint_every=getattr(args, "checkpoint_every", 1),
+                      eval_weights=getattr(args, "eval_weights", "binary"))
     result = trainer.fit(*splits, resume=args.resume)
     print(f"test error {result['test_error']:.2f}% at the best validation epoch "
           f"{result['best_epoch']} (valid {result['best_valid_error']:.2f}%); "
@@ -227,7 +245,8 @@ def binary_options(args):
     """The model keyword arguments that come from the shared flags."""
     return dict(stochastic=args.stochastic, H=args.H, W_LR_scale=args.W_LR_scale,
                 epsilon=args.bn_epsilon, alpha=args.bn_alpha,
-                shift_based_bn=args.batchnorm == "shift")
+                shift_based_bn=args.batchnorm == "shift",
+                stochastic_activations=getattr(args, "stochastic_activations", False))
 
 
 def convnet_main(dataset, description, defaults, load_splits, model, argv=None):

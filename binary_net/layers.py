@@ -16,9 +16,10 @@ import theano
 import theano.tensor as T
 from theano.sandbox.rng_mrg import MRG_RandomStream
 
-from .binarization import ap2, binarize, glorot_scale
+from .binarization import (ap2, binarize, binary_tanh_unit, glorot_scale,
+                           stochastic_binary_tanh_unit)
 
-__all__ = ["DenseLayer", "Conv2DLayer", "BatchNormLayer", "binary_layers"]
+__all__ = ["DenseLayer", "Conv2DLayer", "BatchNormLayer", "BinaryTanhLayer", "binary_layers"]
 
 
 class _BinaryWeights:
@@ -40,13 +41,17 @@ class _BinaryWeights:
         if self.binary:
             self.params[self.W].add("binary")
 
-    def binarized_weights(self, deterministic=False):
+    def binarized_weights(self, deterministic=False, real_weights=False):
         """``W`` binarized to +-H (stochastically when training a stochastic layer).
 
         The training graph's ``Wb`` is kept as ``self.Wb``: the updates take
         the gradient with respect to it (:func:`binary_net.updates.binary_grads`).
+        ``real_weights=True`` with ``deterministic=True`` gives a stochastic
+        layer's real-valued ``W`` instead of ``sign(W)``: how the 2016 code
+        evaluated networks trained with stochastic binarization (the run
+        time always uses ``sign(W)``). Deterministic layers ignore it.
         """
-        if not self.binary:
+        if not self.binary or (real_weights and deterministic and self.stochastic):
             return self.W
         Wb = binarize(self.W, self.H, deterministic=deterministic or not self.stochastic,
                       srng=self._srng)
@@ -81,10 +86,10 @@ class DenseLayer(_BinaryWeights, lasagne.layers.DenseLayer):
         super().__init__(incoming, num_units, **kwargs)
         self._tag_binary()
 
-    def get_output_for(self, input, deterministic=False, **kwargs):
+    def get_output_for(self, input, deterministic=False, real_weights=False, **kwargs):
         if input.ndim > 2:
             input = input.flatten(2)
-        activation = T.dot(input, self.binarized_weights(deterministic))
+        activation = T.dot(input, self.binarized_weights(deterministic, real_weights))
         if self.b is not None:
             activation = activation + self.b.dimshuffle("x", 0)
         return self.nonlinearity(activation)
@@ -109,14 +114,14 @@ class Conv2DLayer(_BinaryWeights, lasagne.layers.Conv2DLayer):
         super().__init__(incoming, num_filters, filter_size, **kwargs)
         self._tag_binary()
 
-    def get_output_for(self, input, deterministic=False, **kwargs):
+    def get_output_for(self, input, deterministic=False, real_weights=False, **kwargs):
         if self.pad == "same":
             border_mode = "half"
         elif self.pad == "full":
             border_mode = "full"
         else:
             border_mode = self.pad
-        conved = T.nnet.conv2d(input, self.binarized_weights(deterministic),
+        conved = T.nnet.conv2d(input, self.binarized_weights(deterministic, real_weights),
                                input_shape=self.input_shape, filter_shape=self.get_W_shape(),
                                border_mode=border_mode, subsample=self.stride)
         if self.b is None:
@@ -220,6 +225,38 @@ class BatchNormLayer(lasagne.layers.Layer):
             gamma, inv_std = ap2(gamma), ap2(inv_std)
         return ((input - mean.dimshuffle(pattern)) * (gamma * inv_std).dimshuffle(pattern)
                 + self.beta.dimshuffle(pattern))
+
+
+class BinaryTanhLayer(lasagne.layers.NonlinearityLayer):
+    """The hidden layers' sign activation, optionally stochastic while training.
+
+    A :class:`lasagne.layers.NonlinearityLayer` whose ``nonlinearity`` is
+    :func:`~binary_net.binarization.binary_tanh_unit`: with
+    ``deterministic=True`` (validation, test, the run time) or
+    ``stochastic=False`` its output is that function's. With
+    ``stochastic=True`` the training pass draws ``+1`` with probability
+    ``hard_sigmoid(x)`` (paper section 1.1, eq. 2) from the layer's own
+    ``MRG_RandomStream`` (seeded from Lasagne's RNG, as the weights' streams
+    are; created only when stochastic, so deterministic networks draw the
+    same initial weights as before); the gradient is ``1{|x| <= 1}`` either
+    way (:func:`~binary_net.binarization.stochastic_binary_tanh_unit`).
+
+    Parameters
+    ----------
+    incoming : Layer or tuple
+    stochastic : bool
+    """
+
+    def __init__(self, incoming, stochastic=False, **kwargs):
+        super().__init__(incoming, nonlinearity=binary_tanh_unit, **kwargs)
+        self.stochastic = bool(stochastic)
+        self._srng = (MRG_RandomStream(lasagne.random.get_rng().randint(1, 2147462579))
+                      if self.stochastic else None)
+
+    def get_output_for(self, input, deterministic=False, **kwargs):
+        if deterministic or not self.stochastic:
+            return binary_tanh_unit(input)
+        return stochastic_binary_tanh_unit(input, self._srng)
 
 
 def binary_layers(network):

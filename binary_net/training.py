@@ -34,6 +34,7 @@ import lasagne
 import theano
 import theano.tensor as T
 
+from .layers import binary_layers
 from .updates import binary_updates, squared_hinge_loss
 from .model.npzfile import atomic_savez
 
@@ -155,12 +156,20 @@ class Trainer:
         for checkpoints and best parameters.
     checkpoint_every : int
         Write ``checkpoint.npz`` after every N-th epoch (and the last one).
+    eval_weights : "binary" or "real"
+        Weights of validation and test: ``"binary"`` (default) evaluates with
+        ``sign(W)``, the network the run time executes; ``"real"`` evaluates
+        stochastically binarized layers with their real-valued ``W``, as the
+        2016 code did (model selection then follows that error; the test
+        error with ``sign(W)`` at the best epoch is recorded beside it as
+        ``test_error_binary_weights``). ``"real"`` needs a stochastic layer
+        (ValueError otherwise).
     """
 
     def __init__(self, network, input_var, lr_start, lr_end, epochs, batch_size,
                  optimizer="adam", num_classes=10, preprocess=None, output_dir=".", seed=0,
                  config=None, progress=True, eval_batch_size=None, log=print,
-                 backend="theano", checkpoint_every=1):
+                 backend="theano", checkpoint_every=1, eval_weights="binary"):
         self.network = network
         self.lr_start, self.lr_end = float(lr_start), float(lr_end)
         self.epochs = int(epochs)
@@ -177,6 +186,13 @@ class Trainer:
             raise ValueError(f"unknown backend {backend!r}; choose theano or jax")
         self.backend = backend
         self.checkpoint_every = int(checkpoint_every)
+        if eval_weights not in ("binary", "real"):
+            raise ValueError(f"unknown eval_weights {eval_weights!r}; choose binary or real")
+        if eval_weights == "real" and not any(getattr(layer, "stochastic", False) for layer
+                                               in binary_layers(network)):
+            raise ValueError("eval_weights='real' evaluates stochastically binarized layers "
+                             "with their real-valued weights; this network has none")
+        self.eval_weights = eval_weights
         os.makedirs(output_dir, exist_ok=True)
 
         target_var = T.matrix("targets")
@@ -184,19 +200,30 @@ class Trainer:
         train_output = lasagne.layers.get_output(network, deterministic=False)
         loss = squared_hinge_loss(train_output, target_var)
         updates = binary_updates(loss, network, learning_rate, optimizer)
-        test_output = lasagne.layers.get_output(network, deterministic=True)
-        test_loss = squared_hinge_loss(test_output, target_var)
-        errors = T.sum(T.neq(T.argmax(test_output, axis=1), T.argmax(target_var, axis=1)))
+        # The deterministic pass with sign(W), and with eval_weights="real"
+        # also the one with the stochastic layers' real-valued W.
+        evaluations = {}
+        for weights in sorted({"binary", eval_weights}):
+            test_output = lasagne.layers.get_output(network, deterministic=True,
+                                                    real_weights=weights == "real")
+            evaluations[weights] = (
+                [squared_hinge_loss(test_output, target_var),
+                 T.sum(T.neq(T.argmax(test_output, axis=1), T.argmax(target_var, axis=1)))],
+                T.argmax(test_output, axis=1))
+        eval_outputs, predictions = evaluations[eval_weights]
         if backend == "jax":
-            self._compile_jax(input_var, target_var, learning_rate, loss, updates, test_loss,
-                              errors, T.argmax(test_output, axis=1))
+            self._compile_jax(input_var, target_var, learning_rate, loss, updates,
+                              eval_outputs, predictions)
         else:
             mode = compile_mode()
             self.train_fn = theano.function([input_var, target_var, learning_rate], loss,
                                             updates=updates, mode=mode)
-            self.eval_fn = theano.function([input_var, target_var], [test_loss, errors],
-                                           mode=mode)
-            self._predict = ([input_var], T.argmax(test_output, axis=1), mode)
+            self.eval_fn = theano.function([input_var, target_var], eval_outputs, mode=mode)
+            self._predict = ([input_var], predictions, mode)
+        self.eval_fn_binary = None
+        if eval_weights != "binary":
+            self.eval_fn_binary = self._compile_eval(input_var, target_var,
+                                                     evaluations["binary"][0])
 
         self._state_vars = self._collect_state(network, self.train_fn)
         self.history = []
@@ -204,16 +231,23 @@ class Trainer:
         self.best = {"valid_error": math.inf, "epoch": 0, "test_error": None,
                      "test_loss": None}
 
-    def _compile_jax(self, input_var, target_var, learning_rate, loss, updates, test_loss,
-                     errors, predictions):
+    def _compile_jax(self, input_var, target_var, learning_rate, loss, updates, eval_outputs,
+                     predictions):
         from . import jax_backend
         self._device = jax_backend.DeviceState()
         self.train_fn = jax_backend.JaxFunction([input_var, target_var, learning_rate], loss,
                                                 updates=updates, state=self._device)
-        self.eval_fn = jax_backend.JaxFunction([input_var, target_var], [test_loss, errors],
-                                               state=self._device)
+        self.eval_fn = self._compile_eval(input_var, target_var, eval_outputs)
         self._predict = ([input_var], predictions, None)
         self._eval_cache = {}
+
+    def _compile_eval(self, input_var, target_var, eval_outputs):
+        """``fn(X, targets) -> [mean loss, error count]`` on this backend."""
+        if self.backend == "jax":
+            from . import jax_backend
+            return jax_backend.JaxFunction([input_var, target_var], eval_outputs,
+                                           state=self._device)
+        return theano.function([input_var, target_var], eval_outputs, mode=compile_mode())
 
     @property
     def predict_fn(self):
@@ -391,8 +425,13 @@ class Trainer:
         return TrainingError(f"{what}; stopped. Last good state: {self.checkpoint_path()} "
                              f"(epoch {last})")
 
-    def evaluate(self, X, y):
-        """Mean loss and error rate (percent) over all of ``X``."""
+    def evaluate(self, X, y, binary_weights=False):
+        """Mean loss and error rate (percent) over all of ``X``.
+
+        With the weights ``eval_weights`` names; ``binary_weights=True``:
+        with ``sign(W)`` whatever ``eval_weights`` is.
+        """
+        eval_fn = self.eval_fn_binary if binary_weights and self.eval_fn_binary else self.eval_fn
         if self.backend == "jax":
             from . import jax_backend
             cached = self._eval_cache.get(id(X))
@@ -400,11 +439,11 @@ class Trainer:
                 cached = jax_backend.EvalData(X, self._make_batch(X, y), self.eval_batch_size,
                                               self._device.device)
                 self._eval_cache[id(X)] = cached
-            return jax_backend.evaluate(self.eval_fn, cached)
+            return jax_backend.evaluate(eval_fn, cached)
         loss_sum, errors = 0., 0
         for start in range(0, len(X), self.eval_batch_size):
             xb, yb = X[start:start + self.eval_batch_size], y[start:start + self.eval_batch_size]
-            loss, err = self.eval_fn(self.preprocess(xb), one_hot_pm1(yb, self.num_classes))
+            loss, err = eval_fn(self.preprocess(xb), one_hot_pm1(yb, self.num_classes))
             loss_sum += float(loss) * len(xb)
             errors += int(err)
         return loss_sum / len(X), 100. * errors / len(X)
@@ -437,6 +476,9 @@ class Trainer:
                 test_loss, test_error = self.evaluate(X_test, y_test)
                 self.best = {"valid_error": valid_error, "epoch": epoch + 1,
                              "test_error": test_error, "test_loss": test_loss}
+                if self.eval_weights != "binary":
+                    self.best["test_error_binary_weights"] = self.evaluate(
+                        X_test, y_test, binary_weights=True)[1]
                 self.sync_from_device(lasagne.layers.get_all_params(self.network))
                 save_params(os.path.join(self.output_dir, BEST_PARAMS), self.network)
             row = {"epoch": epoch + 1, "lr": float(lr), "train_loss": train_loss,
@@ -467,8 +509,11 @@ class Trainer:
                   "epochs_run": epochs_run, "seconds": seconds,
                   "seconds_per_epoch": (sum(r["seconds"] for r in self.history) / epochs_run
                                         if epochs_run else None),
+                  "eval_weights": self.eval_weights,
                   "config": self.config, "machine": machine_description(),
                   "command": self.config.get("command")}
+        if self.eval_weights != "binary":
+            result["test_error_binary_weights"] = self.best.get("test_error_binary_weights")
         _atomic_write_text(os.path.join(self.output_dir, RESULT),
                            json.dumps(result, indent=2) + "\n")
         return result

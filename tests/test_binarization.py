@@ -179,6 +179,59 @@ def test_stochastic_binarize_follows_hard_sigmoid_probabilities():
     assert abs((again[:, ratios == 0.] == F32(H)).mean() - 0.5) <= 5. * 0.5 / np.sqrt(n)
 
 
+# -- stochastic activations ---------------------------------------------------------
+
+ACTIVATIONS = np.array([-2.5, -1., -0.7, -0.3, -0.05, 0., 0.1, 0.45, 0.8, 1., 3.], dtype=F32)
+
+
+@pytest.fixture(scope="module")
+def stochastic_unit_fn():
+    """x, w -> [stochastic_binary_tanh_unit(x), d(sum(unit(x) * w))/dx] (4-D, one stream)."""
+    x = T.tensor4("x")
+    w = T.tensor4("w")
+    out = B.stochastic_binary_tanh_unit(x, MRG_RandomStream(4242))
+    return theano.function([x, w], [out, theano.grad((out * w).sum(), x)])
+
+
+def test_stochastic_activations_follow_hard_sigmoid_probabilities(stochastic_unit_fn):
+    """Paper eq. 2: P(+1) = clip((x + 1) / 2, 0, 1). Each of the 11 values is
+    drawn n = 24,000 times (4-D, as conv activations are); every frequency must
+    lie within 4.5 binomial standard deviations, and the chi-square statistic
+    over the 7 values with 0 < p < 1 (7 degrees of freedom, mean 7, sd 3.7) must
+    stay below 40 (a fixed seed; either bound fails for P(+1) = sigmoid(2x)
+    or (x + 1) / 4)."""
+    n = 24000
+    x = np.broadcast_to(ACTIVATIONS, (n // 40, 4, 10, len(ACTIVATIONS))).astype(F32)
+    out, _ = stochastic_unit_fn(x, np.ones_like(x))
+    assert out.dtype == F32 and out.shape == x.shape
+    assert set(np.unique(out)) == {F32(-1), F32(1)}
+    counts = (out == 1).reshape(-1, len(ACTIVATIONS)).sum(axis=0)
+    p = np.clip((ACTIVATIONS.astype(np.float64) + 1.) / 2., 0., 1.)
+    assert np.all(counts[p == 0.] == 0) and np.all(counts[p == 1.] == n)
+    inside = (p > 0.) & (p < 1.)
+    assert inside.sum() == 7
+    sigma = np.sqrt(n * p * (1. - p))
+    assert np.all(np.abs(counts - n * p) <= 4.5 * sigma), (counts / n, p)
+    chi2 = np.sum((counts[inside] - n * p[inside]) ** 2 / (n * p[inside] * (1. - p[inside])))
+    assert chi2 < 40., chi2
+    # the stream moves on: a second call draws other samples with the same law
+    again, _ = stochastic_unit_fn(x, np.ones_like(x))
+    assert not np.array_equal(again, out)
+    half = again.reshape(-1, len(ACTIVATIONS))[:, ACTIVATIONS == 0.]
+    assert abs((half == 1).mean() - 0.5) <= 4.5 * 0.5 / np.sqrt(n)
+
+
+def test_stochastic_activation_gradient_is_the_straight_through_indicator(stochastic_unit_fn):
+    """Gradient ``w * 1{|x| <= 1}``, exactly, whatever was sampled."""
+    rng = np.random.RandomState(3)
+    x = rng.uniform(-2, 2, (6, 3, 5, 7)).astype(F32)
+    x.flat[:len(GRID)] = GRID
+    w = rng.normal(size=x.shape).astype(F32)
+    _, grad = stochastic_unit_fn(x, w)
+    expected = np.where(np.abs(x) <= 1., w, F32(0))
+    np.testing.assert_array_equal(grad, expected)
+
+
 # -- Glorot ------------------------------------------------------------------------
 
 def test_glorot_scale_hand_values():

@@ -529,6 +529,57 @@ def test_convnet_parameter_order_and_shapes():
     assert shapes[37:42] == [(16,)] * 5
 
 
+@pytest.mark.parametrize("kind", ["mlp", "convnet"])
+def test_stochastic_activations_train_stochastically_and_infer_deterministically(kind):
+    """With ``stochastic_activations=True`` the deterministic pass (validation,
+    test, run time) equals the plain network's with the same parameters; the
+    training pass samples; the flag off creates no random stream (plain
+    networks draw the same initial weights as before the flag existed)."""
+    def build(stochastic_activations):
+        lasagne.random.set_rng(np.random.RandomState(0))
+        x = T.tensor4("x")
+        if kind == "mlp":
+            net = models.mlp(x, num_units=16, num_hidden_layers=2, dropout_in=0.,
+                             dropout_hidden=0., stochastic_activations=stochastic_activations)
+        else:
+            net = models.convnet(x, filters=(2, 2, 4, 4, 4, 4), num_units=8,
+                                 stochastic_activations=stochastic_activations)
+        return net, x
+
+    plain, x_plain = build(False)
+    noisy, x_noisy = build(True)
+    units = [layer for layer in lasagne.layers.get_all_layers(noisy)
+             if isinstance(layer, NonlinearityLayer)]
+    assert len(units) == (2 if kind == "mlp" else 8)
+    assert all(u.stochastic and u.nonlinearity is binarization.binary_tanh_unit for u in units)
+    assert all(layer._srng is None for layer in lasagne.layers.get_all_layers(plain)
+               if isinstance(layer, NonlinearityLayer))
+    # same parameters (random BatchNorm statistics so that signs vary)
+    rng = np.random.RandomState(1)
+    values = [rng.uniform(0.5, 1.5, v.shape).astype(F32) if p.name in ("gamma", "inv_std")
+              else rng.uniform(-1, 1, v.shape).astype(F32)
+              for p, v in zip(lasagne.layers.get_all_params(plain),
+                              lasagne.layers.get_all_param_values(plain))]
+    lasagne.layers.set_all_param_values(plain, values)
+    lasagne.layers.set_all_param_values(noisy, values)
+    shape = (20, 1, 28, 28) if kind == "mlp" else (4, 3, 32, 32)
+    X = rng.uniform(-1, 1, shape).astype(F32)
+    fn = theano.function([x_plain, x_noisy],
+                         [get_output(plain, deterministic=True),
+                          get_output(noisy, deterministic=True),
+                          get_output(plain, batch_norm_update_averages=False),
+                          get_output(noisy, batch_norm_update_averages=False)])
+    det_plain, det_noisy, train_plain, first = fn(X, X)
+    np.testing.assert_array_equal(det_noisy, det_plain)
+    # training passes: BatchNorm uses batch statistics in both; only the
+    # activations' sampling differs, and it does, from call to call too
+    _, det_again, train_again, second = fn(X, X)
+    np.testing.assert_array_equal(det_again, det_plain)
+    np.testing.assert_array_equal(train_again, train_plain)
+    assert not np.array_equal(first, train_plain)
+    assert not np.array_equal(first, second)
+
+
 def test_2016_parameter_file_loads(tmp_path):
     source = _small_mlp(seed=3)
     rng = np.random.RandomState(4)
