@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import tempfile
 import time
 
 import numpy as np
@@ -37,6 +36,7 @@ import theano.tensor as T
 from .layers import binary_layers
 from .updates import binary_updates, squared_hinge_loss
 from .model.npzfile import atomic_savez
+from .model.textfile import atomic_write_text
 
 __all__ = ["Trainer", "TrainingError", "atomic_savez", "save_params", "load_params",
            "machine_description"]
@@ -60,16 +60,6 @@ def compile_mode():
 
 class TrainingError(RuntimeError):
     """A run that cannot go on (diverged loss, unusable checkpoint)."""
-
-
-def _atomic_write_text(path, text):
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    with os.fdopen(handle, "w") as tmp:
-        tmp.write(text)
-        tmp.flush()
-        os.fsync(tmp.fileno())
-    os.replace(tmp_path, path)
 
 
 def save_params(path, network):
@@ -460,9 +450,9 @@ class Trainer:
             self.log(f"resumed from {self.checkpoint_path()} after epoch {done}")
         else:
             self.sync_to_device()
-        _atomic_write_text(os.path.join(self.output_dir, CONFIG),
+        atomic_write_text(os.path.join(self.output_dir, CONFIG),
                            json.dumps(self.config, indent=2, sort_keys=True) + "\n")
-        _atomic_write_text(os.path.join(self.output_dir, LOG),
+        atomic_write_text(os.path.join(self.output_dir, LOG),
                            "".join(json.dumps(row) + "\n" for row in self.history))
         run_start = time.time() - sum(row["seconds"] for row in self.history)
 
@@ -514,7 +504,7 @@ class Trainer:
                   "command": self.config.get("command")}
         if self.eval_weights != "binary":
             result["test_error_binary_weights"] = self.best.get("test_error_binary_weights")
-        _atomic_write_text(os.path.join(self.output_dir, RESULT),
+        atomic_write_text(os.path.join(self.output_dir, RESULT),
                            json.dumps(result, indent=2) + "\n")
         return result
 

@@ -166,15 +166,15 @@ def test_elemwise_composite_and_index_updates():
 
 # -- one training step -----------------------------------------------------------------
 
-def _step_graph(kind, stochastic, seed=3):
+def _step_graph(kind, stochastic, activations=False, seed=3):
     lasagne.random.set_rng(np.random.RandomState(seed))
     x = T.tensor4("x")
+    options = dict(stochastic=stochastic, stochastic_activations=activations)
     if kind == "mlp":
-        net = models.mlp(x, num_units=64, input_shape=(None, 1, 28, 28), stochastic=stochastic)
+        net = models.mlp(x, num_units=64, input_shape=(None, 1, 28, 28), **options)
         shape = (20, 1, 28, 28)
     else:
-        net = models.convnet(x, filters=(8, 8, 16, 16, 16, 16), num_units=32,
-                             stochastic=stochastic)
+        net = models.convnet(x, filters=(8, 8, 16, 16, 16, 16), num_units=32, **options)
         shape = (10, 3, 32, 32)
     target, lr = T.matrix("t"), T.scalar("lr", dtype="float32")
     out = lasagne.layers.get_output(net, deterministic=False)
@@ -184,9 +184,9 @@ def _step_graph(kind, stochastic, seed=3):
     return net, [x, target, lr], [loss, out] + Wb, updates, shape
 
 
-def _one_step(backend, kind, stochastic):
+def _one_step(backend, kind, stochastic, activations=False):
     from binary_net.jax_backend import JaxFunction
-    net, inputs, outputs, updates, shape = _step_graph(kind, stochastic)
+    net, inputs, outputs, updates, shape = _step_graph(kind, stochastic, activations)
     state = list(OrderedDict.fromkeys(updates))
     before = [v.get_value().copy() for v in state]
     if backend == "theano":
@@ -208,10 +208,14 @@ def _one_step(backend, kind, stochastic):
 
 @needs_jax
 @pytest.mark.parametrize("kind", ["mlp", "convnet"])
-@pytest.mark.parametrize("stochastic", [False, True])
-def test_one_training_step_matches_theano(kind, stochastic):
-    ref = _one_step("theano", kind, stochastic)
-    got = _one_step("jax", kind, stochastic)
+@pytest.mark.parametrize("stochastic, activations", [(False, False), (True, False),
+                                                     (True, True)])
+def test_one_training_step_matches_theano(kind, stochastic, activations):
+    """(True, True): stochastic weights and activations; the activations'
+    streams advance identically (their states are compared bit for bit) and
+    the outputs agree, so the same activations were sampled."""
+    ref = _one_step("theano", kind, stochastic, activations)
+    got = _one_step("jax", kind, stochastic, activations)
     (loss_r, out_r, *wb_r), (loss_g, out_g, *wb_g) = ref["results"], got["results"]
     np.testing.assert_allclose(loss_g, loss_r, rtol=2e-6)
     np.testing.assert_allclose(out_g, out_r, rtol=0, atol=2e-5)
@@ -240,6 +244,37 @@ def test_one_training_step_matches_theano(kind, stochastic):
                 moments[i + 2] = new_r
     assert compared > 0.8 * sum(v.size for v, p in zip(ref["after"], ref["is_param"])
                                 if p and v.ndim > 1)
+
+
+@needs_jax
+def test_stochastic_activations_sample_as_theano_does():
+    """Given the same input, the JAX backend draws the same +-1 activations and
+    the same gradient as Theano's C code, over two calls (the streams advance
+    alike; 30,720 samples on 15,360 streams: two rounds per call)."""
+    from theano.sandbox.rng_mrg import MRG_RandomStream
+    from binary_net.binarization import stochastic_binary_tanh_unit
+    from binary_net.jax_backend import JaxFunction
+    x, w = T.tensor4("x"), T.tensor4("w")
+    stream = MRG_RandomStream(77)
+    out = stochastic_binary_tanh_unit(x, stream)
+    outputs = [out, theano.grad((out * w).sum(), x)]
+    rstate = stream.state_updates[0][0]
+    start = rstate.get_value().copy()
+    rng = np.random.RandomState(4)
+    values = [rng.uniform(-1.5, 1.5, (60, 8, 8, 8)).astype(F32),
+              rng.normal(size=(60, 8, 8, 8)).astype(F32)]
+    theano_fn = theano.function([x, w], outputs, mode=compile_mode())
+    expected = [theano_fn(*values) for _ in range(2)]
+    after = rstate.get_value().copy()
+    rstate.set_value(start)
+    jax_fn = JaxFunction([x, w], outputs)
+    got = [jax_fn(*values) for _ in range(2)]
+    jax_fn.state.pull()
+    for (e_out, e_grad), (g_out, g_grad) in zip(expected, got):
+        np.testing.assert_array_equal(np.asarray(g_out), e_out)
+        np.testing.assert_array_equal(np.asarray(g_grad), e_grad)
+    assert not np.array_equal(expected[0][0], expected[1][0])
+    np.testing.assert_array_equal(rstate.get_value(), after)
 
 
 # -- the Trainer and the command line ------------------------------------------------------
