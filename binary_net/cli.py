@@ -211,6 +211,9 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
     print(f"test error {result['test_error']:.2f}% at the best validation epoch "
           f"{result['best_epoch']} (valid {result['best_valid_error']:.2f}%); "
           f"{result['seconds']:.0f}s; results in {args.output_dir}")
+    if result.get("test_error_binary_weights") is not None:
+        print(f"(evaluated with real-valued weights; with sign(W), as the run time computes: "
+              f"test error {result['test_error_binary_weights']:.2f}%)")
     return 0
 
 

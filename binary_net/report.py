@@ -280,6 +280,15 @@ def _run_setting(result):
         parts.append("train {:g}".format(config["train_size"]))
     if _is_number(config.get("valid_size")):
         parts.append("valid {:g}".format(config["valid_size"]))
+    if config.get("stochastic") is True:
+        parts.append("stochastic weights")
+    if config.get("stochastic_activations") is True:
+        parts.append("stochastic activations")
+    if result.get("eval_weights") == "real":
+        # the 2016 evaluation: not what a binary run time computes
+        binary = result.get("test_error_binary_weights")
+        parts.append("evaluated with real-valued W" + (
+            " (with sign(W): {:.2f} %)".format(binary) if _is_number(binary) else ""))
     paper = PAPER_THEANO_SETTINGS[result["dataset"]]
     parts.append("paper: {} epochs, batch {}".format(paper["epochs"],
                                                      paper["batch_size"]))

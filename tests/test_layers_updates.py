@@ -69,6 +69,29 @@ def test_dense_inference_uses_sign_of_weights(dense_net, seed):
     assert not np.allclose(det, x @ W + b, atol=1e-2)
 
 
+def test_real_weights_evaluate_stochastic_layers_with_W(dense_net):
+    """``real_weights=True`` (the 2016 evaluation of stochastic networks): the
+    stochastic layer's deterministic pass uses the real-valued W, the
+    deterministic layer keeps sign(W), the training pass is unaffected."""
+    plain, half, _ = dense_net
+    x_var = plain.input_layer.input_var
+    fn = theano.function([x_var], [get_output(plain, deterministic=True, real_weights=True),
+                                    get_output(half, deterministic=True, real_weights=True),
+                                    get_output(half, deterministic=False, real_weights=True)])
+    rng = np.random.RandomState(4)
+    W, W2 = rng.uniform(-1, 1, (6, 4)).astype(F32), rng.uniform(-0.5, 0.5, (6, 4)).astype(F32)
+    plain.W.set_value(W)
+    half.W.set_value(W2)
+    b, b2 = plain.b.get_value(), half.b.get_value()
+    x = rng.normal(size=(5, 6)).astype(F32)
+    det_plain, det_half, train_half = fn(x)
+    np.testing.assert_allclose(det_plain, x.astype(np.float64) @ sign_pm1(W) + b, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(det_half, x.astype(np.float64) @ W2 + b2, rtol=1e-5, atol=1e-5)
+    # training still samples +-H: each output is b2 + sum of +-0.5 * x
+    assert not np.allclose(train_half, det_half, atol=1e-3)
+
+
 def test_stochastic_dense_training_output_samples_pm_H(dense_net):
     _, half, fn = dense_net
     rng = np.random.RandomState(3)

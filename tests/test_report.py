@@ -128,6 +128,21 @@ def test_detail_table_values(tmp_path):
     assert d["Command"] == "`python svhn.py | tee out.txt`"
 
 
+def test_setting_names_stochastic_training_and_real_weight_evaluation(tmp_path):
+    plain = report.load_result(write_run(tmp_path, "plain"))
+    real = report.load_result(write_run(
+        tmp_path, "real", eval_weights="real", test_error_binary_weights=2.5,
+        config={"stochastic": True, "stochastic_activations": True, "batch_size": 100}))
+    (header, rows), _ = parse_tables(report.markdown_table([plain, real]))
+    settings = {r[0]: dict(zip(header, r)) for r in rows}
+    texts = [d[header[-1]] for label, d in settings.items() if label.startswith("this project")]
+    assert len(texts) == 2
+    noted = [t for t in texts if "stochastic" in t]
+    assert len(noted) == 1
+    assert ("stochastic weights, stochastic activations, evaluated with real-valued W "
+            "(with sign(W): 2.50 %)") in noted[0]
+
+
 def test_short_run_time_in_minutes_and_optional_keys(tmp_path):
     run_dir = tmp_path / "bare"
     run_dir.mkdir()

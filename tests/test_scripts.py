@@ -152,6 +152,10 @@ def test_mnist_script_end_to_end(mnist_run):
     assert "data: train 50, valid 20, test 20" in mnist_run["out"]
     assert config["num_units"] == 16 and config["epochs"] == 1 and config["batch_size"] == 10
     assert config["dataset"] == "mnist" and config["seed"] == 3
+    # flags added later stay out of the config at their defaults (older
+    # checkpoints resume), while the result always says how it evaluated
+    assert not {"stochastic_activations", "eval_weights"} & set(config)
+    assert result["eval_weights"] == "binary" and "test_error_binary_weights" not in result
     assert rows[0]["lr"] == pytest.approx(0.003, rel=1e-6)
     # 784 - 16 - 16 - 16 - 10, each dense layer with its BatchNorm.
     expected = []
@@ -255,12 +259,19 @@ def test_svhn_script_end_to_end(svhn_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "SVHN_VALID_PER_CLASS_TRAIN", 2)
     monkeypatch.setattr(datasets, "SVHN_VALID_PER_CLASS_EXTRA", 1)
     out_dir = tmp_path / "out"
+    # this run also trains with stochastic weights and activations and
+    # evaluates as the 2016 code did (real-valued weights)
+    flags = ["--stochastic", "--stochastic-activations", "--eval-weights", "real"]
     status, out, err = run_main(svhn, ["--data-dir", str(svhn_dir),
-                                       "--output-dir", str(out_dir)] + CONV_ARGS)
+                                       "--output-dir", str(out_dir)] + CONV_ARGS + flags)
     assert status == 0, err
     assert "data: train 50, valid 20, test 20" in out
     result, _, config = check_outputs(out_dir)
     assert result["dataset"] == "svhn" and config["width"] == 0.0625
+    assert config["stochastic"] and config["stochastic_activations"]
+    assert config["eval_weights"] == result["eval_weights"] == "real"
+    assert 0. <= result["test_error_binary_weights"] <= 100.
+    assert "with sign(W)" in out
     shapes = param_shapes(out_dir / "best_params.npz")
     # SVHN widths 64-64-128-128-256-256 / 16 = 4-4-8-8-16-16, dense 64.
     assert [shapes[i] for i in range(0, 36, 6)] == [
@@ -303,7 +314,8 @@ PAPER_DEFAULTS = {
     "cifar10": dict(epochs=500, batch_size=50, lr_start=0.001, lr_end=3e-7, width=1.0),
     "svhn": dict(epochs=200, batch_size=50, lr_start=0.001, lr_end=1e-6, width=1.0),
 }
-COMMON_DEFAULTS = dict(optimizer="adam", stochastic=False, H=1.0, W_LR_scale="Glorot",
+COMMON_DEFAULTS = dict(optimizer="adam", stochastic=False, stochastic_activations=False,
+                       eval_weights="binary", H=1.0, W_LR_scale="Glorot",
                        batchnorm="standard", bn_alpha=0.1, bn_epsilon=1e-4, seed=1234,
                        resume=False, progress=True, train_size=None, data_dir=None)
 SCRIPTS = {"mnist": mnist, "cifar10": cifar10, "svhn": svhn}
@@ -381,3 +393,25 @@ def test_bad_arguments_exit_2(capsys):
         mnist.main(["--epochs", "0"])
     assert excinfo.value.code == 2
     assert "must be a positive integer" in capsys.readouterr().err
+
+
+def test_eval_weights_real_needs_stochastic_weights(mnist_dir, tmp_path):
+    out_dir = tmp_path / "out"
+    status, _, err = run_main(mnist, ["--data-dir", str(mnist_dir), "--output-dir",
+                                      str(out_dir), "--eval-weights", "real"])
+    assert status == 2
+    assert err.strip().splitlines() == [
+        "error: --eval-weights real: only with --stochastic (it evaluates stochastically "
+        "binarized weights with their real values)"]
+    assert not out_dir.exists()
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTS))
+def test_stochastic_activation_and_eval_weight_flags_reach_the_model(name, monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "run", lambda args, *rest, **kwargs: seen.append(args) or 0)
+    assert SCRIPTS[name].main(["--stochastic", "--stochastic-activations",
+                               "--eval-weights", "real"]) == 0
+    (args,) = seen
+    assert args.stochastic_activations and args.eval_weights == "real"
+    assert cli.binary_options(args)["stochastic_activations"] is True

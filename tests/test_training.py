@@ -3,7 +3,8 @@
 * a binarized MLP learns 10 well-separated Gaussian clusters;
 * a run interrupted after one epoch and resumed from its checkpoint ends
   bit-for-bit where an uninterrupted run ends (dropout and stochastic
-  binarization on, so the random-stream states must be restored);
+  binarization of weights and activations on, so the random-stream states
+  must be restored);
 * checkpoints are written atomically, refused when the settings differ,
   and a NaN loss stops the run with the last good checkpoint intact.
 """
@@ -128,7 +129,8 @@ def test_one_hot_pm1():
 
 # -- resuming ----------------------------------------------------------------------
 
-RESUME_CONFIG = {"arch": "mlp-2x32", "dropout": [0.2, 0.5], "stochastic": True}
+RESUME_CONFIG = {"arch": "mlp-2x32", "dropout": [0.2, 0.5], "stochastic": True,
+                 "stochastic_activations": True}
 
 
 class InterruptedTrainer(Trainer):
@@ -143,7 +145,8 @@ class InterruptedTrainer(Trainer):
 
 
 def _resume_trainer(out, cls=Trainer, config=RESUME_CONFIG):
-    net, x = build(5, stochastic=True, dropout_in=0.2, dropout_hidden=0.5)
+    net, x = build(5, stochastic=True, stochastic_activations=True, dropout_in=0.2,
+                   dropout_hidden=0.5)
     return cls(net, x, lr_start=0.01, lr_end=1e-4, epochs=3, batch_size=40, output_dir=str(out),
                seed=7, config=dict(config), progress=False, log=lambda message: None)
 
@@ -191,11 +194,12 @@ def test_interrupted_run_leaves_epoch_one_checkpoint(resume_runs):
     assert len(meta["history"]) == 1
     # Besides the 18 parameters: Adam moments and the random-stream states
     # (MRG states are int32 (streams, 6)) of 3 dropout layers (input and after
-    # each hidden layer) and 3 stochastically binarized layers.
+    # each hidden layer), 3 stochastically binarized layers and 2 stochastic
+    # activation layers.
     states = [checkpoint[k] for k in checkpoint if k.startswith("state_")]
     rstates = [s for s in states if s.dtype == np.int32 and s.ndim == 2 and s.shape[1] == 6]
-    assert len(rstates) == 6
-    assert len(states) > 18 + 6
+    assert len(rstates) == 8
+    assert len(states) > 18 + 8
 
 
 @pytest.mark.slow
@@ -321,3 +325,44 @@ def test_nan_loss_stops_with_last_good_checkpoint(tmp_path):
             assert np.array_equal(best[f"arr_{i}"], value)
     loss, error = trainer.evaluate(*splits[2])
     assert math.isfinite(loss)
+
+
+# -- evaluation with real-valued weights (the 2016 code's) ---------------------------
+
+@pytest.fixture(scope="module")
+def real_eval(tmp_path_factory):
+    out = tmp_path_factory.mktemp("real-eval")
+    net, x = build(2, stochastic=True, dropout_in=0., dropout_hidden=0.)
+    trainer = Trainer(net, x, lr_start=0.003, lr_end=3e-4, epochs=2, batch_size=50,
+                      output_dir=str(out), seed=3, config={"run": "real"}, progress=False,
+                      log=lambda message: None, eval_weights="real")
+    splits = clusters(300, 21), clusters(100, 22), clusters(100, 23)
+    return dict(trainer=trainer, result=trainer.fit(*splits), out=out, splits=splits, x=x)
+
+
+def test_real_weight_evaluation_uses_W_and_records_the_sign_figure(real_eval):
+    import theano
+    result, trainer = real_eval["result"], real_eval["trainer"]
+    assert result["eval_weights"] == "real"
+    # The best parameters, evaluated independently with W and with sign(W),
+    # give the two recorded test errors.
+    training.load_params(str(real_eval["out"] / "best_params.npz"), trainer.network)
+    scores = theano.function([real_eval["x"]], [
+        lasagne.layers.get_output(trainer.network, deterministic=True, real_weights=True),
+        lasagne.layers.get_output(trainer.network, deterministic=True)])
+    X, y = real_eval["splits"][2]
+    real_scores, sign_scores = scores(X)
+    assert not np.allclose(real_scores, sign_scores)
+    assert result["test_error"] == pytest.approx(100. * np.mean(real_scores.argmax(1) != y))
+    assert result["test_error_binary_weights"] == pytest.approx(
+        100. * np.mean(sign_scores.argmax(1) != y))
+    saved = json.loads((real_eval["out"] / "result.json").read_text())
+    assert saved["test_error_binary_weights"] == result["test_error_binary_weights"]
+
+
+def test_real_weights_need_a_stochastic_layer(tmp_path):
+    net, x = build(2)
+    with pytest.raises(ValueError, match="has none"):
+        Trainer(net, x, 0.01, 0.001, 1, 10, output_dir=str(tmp_path), eval_weights="real")
+    with pytest.raises(ValueError, match="choose binary or real"):
+        Trainer(net, x, 0.01, 0.001, 1, 10, output_dir=str(tmp_path), eval_weights="float")
