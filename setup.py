@@ -1,5 +1,5 @@
 """Install the binary_net library (training) and its kernels package (run time)."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 JAX = ["jax==0.4.30", "jaxlib==0.4.30", "ml_dtypes>=0.2,<0.5"]
 
@@ -10,7 +10,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=["binary_net", "kernels"],
+    packages=find_packages(include=["binary_net", "binary_net.*", "kernels"]),
     # The CUDA sources are compiled at run time (pycuda + nvcc): ship them.
     package_data={"kernels": ["*.cu", "*.cuh"]},
     install_requires=[
