@@ -1,11 +1,14 @@
-"""Compare training runs with the paper's Table 1 and plot their curves.
+"""Compare training runs with the paper's Table 1, plot their curves, and
+generate every table of measured figures in README.md and docs/.
 
 This module only reads the files the training scripts (``mnist.py``,
 ``cifar10.py``, ``svhn.py``) write into a run directory:
 
 ``result.json``
     One object with at least ``dataset``, ``test_error``,
-    ``best_valid_error``, ``best_epoch`` and ``epochs``; usually also
+    ``best_valid_error``, ``best_epoch`` and ``epochs`` (the two errors in
+    percent; ``test_error_percent`` and ``best_valid_error_percent`` are
+    read as well); usually also
     ``epochs_run``, ``seconds``, ``seconds_per_epoch``, ``config``,
     ``machine`` and ``command``. Other keys are ignored.
 ``log.jsonl``
@@ -15,12 +18,20 @@ This module only reads the files the training scripts (``mnist.py``,
 
 It never imports Theano or Lasagne, so a report can be built on a machine
 without them. Matplotlib is imported only when a plot is drawn, and always
-through the Agg canvas, so no display is needed.
+through the Agg canvas, so no display is needed. For the generated tables
+it also reads the benchmark JSON files in ``benchmarks/results/``.
 
 Command line::
 
     python -m binary_net.report runs/mnist runs/cifar10 --output report.md \\
         --plots plots
+    python -m binary_net.report --markdown-tables          # rewrite the blocks
+    python -m binary_net.report --markdown-tables --check  # exit 1 if stale
+
+``--markdown-tables`` fills the blocks between ``<!-- report:NAME -->`` and
+``<!-- /report:NAME -->`` (see :data:`BLOCKS`) from every
+``results/*/result.json`` and the benchmark files, so a figure in the
+documentation cannot drift from the file that holds it.
 """
 import argparse
 import glob
@@ -883,7 +894,7 @@ def _table_files(patterns):
     return files
 
 
-def update_markdown_tables(files, sources, check=False, out=sys.stdout):
+def update_markdown_tables(files, sources, check=False, out=None):
     """Regenerate (or, with ``check``, compare) the report blocks of ``files``.
 
     Returns
@@ -892,6 +903,7 @@ def update_markdown_tables(files, sources, check=False, out=sys.stdout):
         0 if every block is current (or was rewritten), 1 if ``check`` found
         a block that differs (each such file is named on ``out``).
     """
+    out = out or sys.stdout
     changed = []
     # Every file is generated before any is written, so an error leaves all as they were.
     for path in files:
