@@ -94,6 +94,14 @@ def run_once(command, compiledir):
     }
 
 
+def write_json(record, path):
+    """Write ``record`` to ``path`` atomically (a temporary file, then rename)."""
+    tmp_path = path + ".tmp"
+    with open(tmp_path, "w") as handle:
+        handle.write(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp_path, path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cases", nargs="+", choices=sorted(CASES),
@@ -134,13 +142,10 @@ def main(argv=None):
                     case[cache]["seconds"], case[cache]["returncode"],
                     case[cache]["last_line"]), flush=True)
             record["cases"][name] = case
-    record["finished_utc"] = datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ")
-    text = json.dumps(record, indent=1) + "\n"
-    if args.output:
-        tmp_path = args.output + ".tmp"
-        with open(tmp_path, "w") as handle:
-            handle.write(text)
-        os.replace(tmp_path, args.output)
+            record["finished_utc"] = datetime.datetime.utcnow().strftime(
+                "%Y-%m-%dT%H:%M:%SZ")
+            if args.output:   # after every case, so a long run keeps what it has
+                write_json(record, args.output)
     failed = [n for n, c in record["cases"].items()
               if c["cold"]["returncode"] or c["warm"]["returncode"]]
     return 1 if failed else 0

@@ -695,41 +695,47 @@ def block_results(sources, base_dir):
     return markdown_table(sources.runs).rstrip("\n")
 
 
-def _load_note(data):
-    load = data.get("load_average_mean_during")
-    if _is_number(load):
-        return "load average {:.1f}".format(load)
-    return ""
-
-
 def block_command_times(sources, base_dir):
-    """README's install-free costs: main job and tests, cold and warm cache."""
-    data = sources.bench("command_times.json")
+    """README's costs: main job and tests, cold and warm Theano cache.
+
+    Reads every ``command_times*.json`` (``benchmarks/command_times.py``), so
+    cases timed in separate runs each keep their own machine and load note.
+    """
+    paths = sorted(glob.glob(os.path.join(sources.benchmarks_dir, "command_times*.json")))
+    if not paths:
+        raise FileNotFoundError("{}: no such file".format(
+            os.path.join(sources.benchmarks_dir, "command_times.json")))
     header = ["command", "cold Theano cache", "warm Theano cache", "outcome"]
-    rows = []
-    loads = []
-    for name, case in sorted(data.get("cases", {}).items()):
-        cells = [_code(case.get("command"))]
-        for cache in ("cold", "warm"):
-            run = case.get(cache) or {}
-            text = _seconds(run.get("seconds"))
-            if run.get("returncode"):
-                text += " (exit {})".format(run["returncode"])
-            cells.append(text)
-            if _is_number(run.get("load_average_mean_during")):
-                loads.append(run["load_average_mean_during"])
-        outcome = ((case.get("warm") or {}).get("last_line") or "-").strip()
-        # mnist.py ends with "...; results in DIR": the folder is no outcome.
-        cells.append(re.sub(r"; results in \S+$", "", outcome))
-        rows.append(cells)
-    note = "Measured on {} ({}, commit {}, {}).".format(
-        data.get("machine", "-"), data.get("started_utc", "-")[:10],
-        data.get("commit", "-"), _link(data["_path"], base_dir))
-    if loads:
-        note += (" The 1-minute load average during the runs was {:.1f} to {:.1f}: "
-                 "other jobs shared the cores, so an idle machine is faster."
-                 .format(min(loads), max(loads)))
-    return _table(header, rows, ("command", "outcome")) + "\n\n" + note
+    rows, notes = [], []
+    for path in paths:
+        data = sources.bench(os.path.basename(path))
+        loads = []
+        for name, case in sorted(data.get("cases", {}).items()):
+            cells = [_code(case.get("command"))]
+            for cache in ("cold", "warm"):
+                run = case.get(cache) or {}
+                text = _seconds(run.get("seconds"))
+                if run.get("returncode"):
+                    text += " (exit {})".format(run["returncode"])
+                cells.append(text)
+                if _is_number(run.get("load_average_mean_during")):
+                    loads.append(run["load_average_mean_during"])
+            outcome = ((case.get("warm") or {}).get("last_line") or "-").strip()
+            # mnist.py ends with "...; results in DIR": the folder is no outcome.
+            cells.append(re.sub(r"; results in \S+$", "", outcome))
+            rows.append((name == "tests", cells))
+        note = "{}: measured on {}, {}, commit {}".format(
+            _link(data["_path"], base_dir), data.get("machine", "-"),
+            data.get("started_utc", "-")[:10], data.get("commit", "-"))
+        if loads:
+            note += ("; the 1-minute load average during the runs was {:.1f} to {:.1f}"
+                     .format(min(loads), max(loads)))
+        notes.append(note + ".")
+    # the main job before the tests, whatever file holds them
+    rows = [cells for _, cells in sorted(rows, key=lambda row: row[0])]
+    return (_table(header, rows, ("command", "outcome")) + "\n\n" + " ".join(notes)
+            + " A load average above the core count means other jobs shared the cores; "
+              "an idle machine is faster.")
 
 
 #: train_step benchmark files and the paper schedule each is costed for.
