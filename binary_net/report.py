@@ -541,7 +541,8 @@ DEFAULT_TABLE_FILES = ("README.md", "docs/*.md", "results/RESULTS.md")
 _BLOCK_RE = re.compile(
     r"(<!-- report:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /report:(?P=name) -->)",
     re.S)
-_MARKER_RE = re.compile(r"<!-- (/?)report:([^ ]*) -->")
+# Markers name blocks in lower case; "<!-- report:NAME -->" in prose is none.
+_MARKER_RE = re.compile(r"<!-- (/?)report:([a-z0-9-]+) -->")
 
 
 def find_runs(results_dir):
@@ -612,12 +613,14 @@ def _link(path, base_dir):
 
 
 def _seconds(value):
-    """'263 ms' below one second, '2.64 s' below a minute, else minutes/hours."""
+    """A duration in seconds for a table cell: '4.98 ms', '263 ms', '2.64 s',
+    '132 s (2.2 min)', '37 h', '13.8 days'; '-' when absent."""
     if not _is_number(value) or not math.isfinite(value):
         return "-"
+    if value < 0.01:
+        return "{:.2f} ms".format(value * 1000)
     if value < 1:
-        return "{:.0f} ms".format(value * 1000) if value >= 0.01 else \
-            "{:.2f} ms".format(value * 1000)
+        return "{:.0f} ms".format(value * 1000)
     if value < 100:
         return "{:.3g} s".format(value)
     if value < 3600:
@@ -632,10 +635,12 @@ def _long_duration(value):
 
 
 def _code(text):
+    """``text`` as a Markdown code span; as is if it holds a backtick."""
     return "`{}`".format(text) if text and "`" not in text else (text or "-")
 
 
 def _command_of(result):
+    """The run's recorded command, with the ``python`` early runs left out."""
     command = result.get("command") or _config(result).get("command")
     if isinstance(command, str) and command and not command.startswith("python"):
         command = "python " + command
@@ -695,47 +700,71 @@ def block_results(sources, base_dir):
     return markdown_table(sources.runs).rstrip("\n")
 
 
-def block_command_times(sources, base_dir):
-    """README's costs: main job and tests, cold and warm Theano cache.
+#: ``config.json`` values of README's main job (``mnist.py --num-units 512
+#: --epochs 10`` with the paper's other defaults).
+MAIN_JOB_CONFIG = {"dataset": "mnist", "num_units": 512, "num_hidden_layers": 3,
+                   "epochs": 10, "batchnorm": "standard", "optimizer": "adam",
+                   "stochastic": False, "batch_size": 100}
 
-    Reads every ``command_times*.json`` (``benchmarks/command_times.py``), so
-    cases timed in separate runs each keep their own machine and load note.
+
+def _is_main_job(result):
+    config = _config(result)
+    return all(config.get(key) == value for key, value in MAIN_JOB_CONFIG.items())
+
+
+def block_command_times(sources, base_dir):
+    """README's costs of the main job and the tests.
+
+    Rows, in this order: every committed run of the main job's configuration
+    (its training-loop time; compilation is not in ``result.json``); the
+    cases of every ``command_times*.json`` (``benchmarks/command_times.py``:
+    cold and warm Theano cache); the records in ``ci_runs.json``.
     """
-    paths = sorted(glob.glob(os.path.join(sources.benchmarks_dir, "command_times*.json")))
-    if not paths:
-        raise FileNotFoundError("{}: no such file".format(
-            os.path.join(sources.benchmarks_dir, "command_times.json")))
-    header = ["command", "cold Theano cache", "warm Theano cache", "outcome"]
-    rows, notes = [], []
-    for path in paths:
+    header = ["command", "time", "outcome", "machine, cache", "source"]
+    rows = []
+    for result in sources.runs:
+        if not _is_main_job(result):
+            continue
+        rows.append([
+            "a run with the main job's settings",
+            "{} training loop (compilation not included)".format(
+                _seconds(result.get("seconds"))),
+            "test error {} % at epoch {}".format(_pct(result["test_error"]),
+                                                 result["best_epoch"]),
+            result.get("machine") or "-",
+            _link(os.path.join(sources.results_dir, _run_name(result)), base_dir)])
+    for path in sorted(glob.glob(os.path.join(sources.benchmarks_dir,
+                                              "command_times*.json"))):
         data = sources.bench(os.path.basename(path))
-        loads = []
-        for name, case in sorted(data.get("cases", {}).items()):
-            cells = [_code(case.get("command"))]
+        for name, case in sorted(data.get("cases", {}).items(),
+                                 key=lambda item: item[0] == "tests"):
             for cache in ("cold", "warm"):
                 run = case.get(cache) or {}
                 text = _seconds(run.get("seconds"))
                 if run.get("returncode"):
                     text += " (exit {})".format(run["returncode"])
-                cells.append(text)
+                outcome = (run.get("last_line") or "-").strip()
+                # mnist.py ends with "...; results in DIR": the folder is no outcome.
+                outcome = re.sub(r"; results in \S+$", "", outcome)
+                where = "{}, {} cache, {}".format(data.get("machine", "-"), cache,
+                                                  data.get("started_utc", "-")[:10])
                 if _is_number(run.get("load_average_mean_during")):
-                    loads.append(run["load_average_mean_during"])
-            outcome = ((case.get("warm") or {}).get("last_line") or "-").strip()
-            # mnist.py ends with "...; results in DIR": the folder is no outcome.
-            cells.append(re.sub(r"; results in \S+$", "", outcome))
-            rows.append((name == "tests", cells))
-        note = "{}: measured on {}, {}, commit {}".format(
-            _link(data["_path"], base_dir), data.get("machine", "-"),
-            data.get("started_utc", "-")[:10], data.get("commit", "-"))
-        if loads:
-            note += ("; the 1-minute load average during the runs was {:.1f} to {:.1f}"
-                     .format(min(loads), max(loads)))
-        notes.append(note + ".")
-    # the main job before the tests, whatever file holds them
-    rows = [cells for _, cells in sorted(rows, key=lambda row: row[0])]
-    return (_table(header, rows, ("command", "outcome")) + "\n\n" + " ".join(notes)
-            + " A load average above the core count means other jobs shared the cores; "
-              "an idle machine is faster.")
+                    where += ", load average {:.1f}".format(run["load_average_mean_during"])
+                rows.append([_code(case.get("command")), text, outcome, where,
+                             _link(data["_path"], base_dir)])
+    ci_path = os.path.join(sources.benchmarks_dir, "ci_runs.json")
+    if os.path.isfile(ci_path):
+        data = sources.bench("ci_runs.json")
+        for run in data.get("runs", []):
+            rows.append(["{} ({})".format(_code(run.get("command")), run.get("what", "-")),
+                         _seconds(run.get("seconds")), run.get("outcome", "-"),
+                         "{}, {}, commit {}".format(run.get("where", "-"), run.get("date", "-"),
+                                                    run.get("commit", "-")),
+                         _link(data["_path"], base_dir)])
+    if not rows:
+        raise ValueError("{}: no main-job run, command_times*.json or ci_runs.json "
+                         "to show".format(sources.benchmarks_dir))
+    return _table(header, rows, ("command", "outcome", "machine, cache", "source"))
 
 
 #: train_step benchmark files and the paper schedule each is costed for.
@@ -753,8 +782,9 @@ def block_schedule_costs(sources, base_dir):
         epochs = PAPER_THEANO_SETTINGS[dataset]["epochs"]
         steps = data["train_set_size"] / float(data["batch_size"])
         epoch = data["step_seconds_median"] * steps
-        rows.append(["{}, {}, batch {}".format(DATASET_LABELS[dataset], data["model"],
-                                               data["batch_size"]),
+        model = data["model"] if dataset == "mnist" else "ConvNet"
+        rows.append(["{} {}, batch {}".format(DATASET_LABELS[dataset], model,
+                                              data["batch_size"]),
                      _seconds(data["step_seconds_median"]),
                      "{:,.0f}".format(math.ceil(steps)),
                      _seconds(epoch),
