@@ -727,8 +727,8 @@ def block_command_times(sources, base_dir):
             continue
         rows.append([
             "a run with the main job's settings",
-            "{} training loop (compilation not included)".format(
-                _seconds(result.get("seconds"))),
+            "{} for {} epochs (compilation and data loading not included)".format(
+                _seconds(result.get("seconds")), _epochs_done(result)),
             "test error {} % at epoch {}".format(_pct(result["test_error"]),
                                                  result["best_epoch"]),
             result.get("machine") or "-",

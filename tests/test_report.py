@@ -408,7 +408,7 @@ def test_markdown_tables_fill_check_and_rewrite(tmp_path, capsys):
     assert [dict(zip(runs_header, r))["test error (%)"] for r in runs_rows] == ["1.50", "0.99"]
     main = dict(zip(times_header, times_rows[0]))
     assert main["command"] == "a run with the main job's settings"
-    assert main["time"] == "75.2 s training loop (compilation not included)"
+    assert main["time"] == "75.2 s for 10 epochs (compilation and data loading not included)"
     assert main["outcome"] == "test error 0.99 % at epoch 10"
 
 
