@@ -740,6 +740,8 @@ def block_command_times(sources, base_dir):
                                  key=lambda item: item[0] == "tests"):
             for cache in ("cold", "warm"):
                 run = case.get(cache) or {}
+                if not run or (_is_int(run.get("returncode")) and run["returncode"] < 0):
+                    continue   # killed by a signal: it measured nothing
                 text = _seconds(run.get("seconds"))
                 if run.get("returncode"):
                     text += " (exit {})".format(run["returncode"])

@@ -341,7 +341,10 @@ COMMAND_TIMES = {
                                  "load_average_mean_during": 3.25},
                         "warm": {"seconds": 125.5, "returncode": 0,
                                  "last_line": "400 passed in 120.00s",
-                                 "load_average_mean_during": 2.5}}},
+                                 "load_average_mean_during": 2.5}},
+              # killed by a signal: measured nothing, so no row
+              "main-job": {"command": "python mnist.py",
+                           "cold": {"seconds": 5.0, "returncode": -15, "last_line": ""}}},
 }
 
 
