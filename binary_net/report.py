@@ -740,8 +740,11 @@ def block_command_times(sources, base_dir):
                                  key=lambda item: item[0] == "tests"):
             for cache in ("cold", "warm"):
                 run = case.get(cache) or {}
-                if not run or (_is_int(run.get("returncode")) and run["returncode"] < 0):
-                    continue   # killed by a signal: it measured nothing
+                code = run.get("returncode")
+                # Killed by a signal (negative, or the shell's 128 + SIGTERM/SIGKILL):
+                # such a run measured nothing.
+                if not run or (_is_int(code) and (code < 0 or code in (143, 137))):
+                    continue
                 text = _seconds(run.get("seconds"))
                 if run.get("returncode"):
                     text += " (exit {})".format(run["returncode"])
