@@ -344,7 +344,9 @@ COMMAND_TIMES = {
                                  "load_average_mean_during": 2.5}},
               # killed by a signal: measured nothing, so no row
               "main-job": {"command": "python mnist.py",
-                           "cold": {"seconds": 5.0, "returncode": -15, "last_line": ""}}},
+                           "cold": {"seconds": 5.0, "returncode": -15, "last_line": ""},
+                           "warm": {"seconds": 6.0, "returncode": 143,
+                                    "last_line": "Terminated"}}},
 }
 
 
