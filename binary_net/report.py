@@ -302,6 +302,8 @@ def _options_text(config):
         parts.append("shift-based AdaMax")
     if config.get("stochastic") is True:
         parts.append("stochastic binarization")
+    if config.get("stochastic_activations") is True:
+        parts.append("stochastic activations")
     if config.get("backend") not in (None, "theano"):
         parts.append("backend {}".format(config["backend"]))
     return ", ".join(parts)
@@ -709,7 +711,8 @@ MAIN_JOB_CONFIG = {"dataset": "mnist", "num_units": 512, "num_hidden_layers": 3,
 
 def _is_main_job(result):
     config = _config(result)
-    return all(config.get(key) == value for key, value in MAIN_JOB_CONFIG.items())
+    return (all(config.get(key) == value for key, value in MAIN_JOB_CONFIG.items())
+            and not config.get("stochastic_activations"))
 
 
 def block_command_times(sources, base_dir):
