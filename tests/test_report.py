@@ -323,3 +323,161 @@ def test_module_does_not_import_theano_or_pyplot_at_top():
         elif isinstance(node, ast.ImportFrom) and node.module:
             top_level.add(node.module.split(".")[0])
     assert "matplotlib" not in top_level
+
+
+# ---------------------------------------------------------------------------
+# Generated blocks (--markdown-tables)
+# ---------------------------------------------------------------------------
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_committed_tables_equal_what_the_files_give(monkeypatch, capsys):
+    """README.md, docs/*.md and results/RESULTS.md hold no stale figure."""
+    monkeypatch.chdir(REPO)
+    code = report.main(["--markdown-tables", "--check"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.out + captured.err
+    # The front door and the reproduction page do carry generated tables.
+    for path in ("README.md", os.path.join("docs", "reproduction.md")):
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+        for name in ("reproduction", "command-times", "schedule-costs") if \
+                path == "README.md" else ("runs", "train-step", "xnor-cpu"):
+            assert "<!-- report:{} -->".format(name) in text, (path, name)
+
+
+COMMAND_TIMES = {
+    "machine": "test box, 2 cores", "started_utc": "2026-01-02T03:04:05Z",
+    "commit": "abc1234",
+    "cases": {"tests": {"command": "python -m pytest -q tests",
+                        "cold": {"seconds": 754.2, "returncode": 0,
+                                 "last_line": "400 passed in 750.00s",
+                                 "load_average_mean_during": 3.25},
+                        "warm": {"seconds": 125.5, "returncode": 0,
+                                 "last_line": "400 passed in 120.00s",
+                                 "load_average_mean_during": 2.5}},
+              # killed by a signal: measured nothing, so no row
+              "main-job": {"command": "python mnist.py",
+                           "cold": {"seconds": 5.0, "returncode": -15, "last_line": ""},
+                           "warm": {"seconds": 6.0, "returncode": 143,
+                                    "last_line": "Terminated"}}},
+}
+
+
+def make_sources(tmp_path):
+    results = tmp_path / "results"
+    write_run(results, "mnist-a", test_error=1.5, best_valid_error=1.25, best_epoch=7,
+              epochs=9, config={"num_units": 2048, "num_hidden_layers": 3,
+                                "batchnorm": "shift"})
+    (results / "in-progress").mkdir()   # no result.json yet: skipped
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "command_times.json").write_text(json.dumps(COMMAND_TIMES))
+    (bench / "ci_runs.json").write_text(json.dumps({"runs": [{
+        "where": "CI box", "date": "2026-01-04", "commit": "def5678",
+        "command": "bash .ci/run", "what": "install and tests", "seconds": 187,
+        "outcome": "CI passed"}]}))
+    return results, bench
+
+
+def test_markdown_tables_fill_check_and_rewrite(tmp_path, capsys):
+    results, bench = make_sources(tmp_path)
+    doc = tmp_path / "docs" / "page.md"
+    doc.parent.mkdir()
+    stale = ("# page\n\n<!-- report:runs -->\n| old | table |\n<!-- /report:runs -->\n\n"
+             "text\n<!-- report:command-times -->\n<!-- /report:command-times -->\n")
+    doc.write_text(stale)
+    argv = ["--markdown-tables", str(doc), "--results-dir", str(results),
+            "--benchmarks-dir", str(bench)]
+    assert report.main(argv + ["--check"]) == 1
+    assert "runs, command-times" in capsys.readouterr().out
+    assert doc.read_text() == stale   # --check changes nothing
+    assert report.main(argv) == 0
+    text = doc.read_text()
+    assert text.startswith("# page\n\n<!-- report:runs -->\n|") and "| old |" not in text
+    assert "\ntext\n" in text
+    (runs_header, runs_rows), (times_header, times_rows) = parse_tables(text)
+    run = dict(zip(runs_header, runs_rows[0]))
+    assert len(runs_rows) == 1   # the folder without result.json is left out
+    assert run["test error (%)"] == "1.50"
+    assert run["best valid error (%) (epoch)"] == "1.25 (7)"
+    assert run["epochs run / scheduled"] == "9 / 9"
+    # links are relative to the page's own folder
+    assert run["run"] == "[`{}`]({})".format(
+        str(results / "mnist-a"), os.path.relpath(results / "mnist-a", doc.parent))
+    cold, warm, ci = (dict(zip(times_header, row)) for row in times_rows)
+    assert cold["command"] == warm["command"] == "`python -m pytest -q tests`"
+    assert (cold["time"], warm["time"]) == ("754 s (12.6 min)", "126 s (2.1 min)")
+    assert warm["outcome"] == "400 passed in 120.00s"
+    assert cold["machine, cache"] == "test box, 2 cores, cold cache, 2026-01-02, load average 3.2"
+    assert ci["time"] == "187 s (3.1 min)" and ci["outcome"] == "CI passed"
+    assert ci["machine, cache"] == "CI box, 2026-01-04, commit def5678"
+    assert report.main(argv + ["--check"]) == 0
+    capsys.readouterr()
+
+    # A new run directory shows up without naming it anywhere; one with the main
+    # job's settings also in the command-times block.
+    write_run(results, "mnist-b", test_error=0.99, seconds=75.25, best_epoch=10,
+              epochs=10, config=dict(report.MAIN_JOB_CONFIG),
+              command="python mnist.py --num-units 512 --epochs 10")
+    assert report.main(argv + ["--check"]) == 1
+    assert report.main(argv) == 0
+    text = doc.read_text()
+    (runs_header, runs_rows), (times_header, times_rows) = parse_tables(text)
+    assert [dict(zip(runs_header, r))["test error (%)"] for r in runs_rows] == ["1.50", "0.99"]
+    main = dict(zip(times_header, times_rows[0]))
+    assert main["command"] == "a run with the main job's settings"
+    assert main["time"] == "75.2 s for 10 epochs (compilation and data loading not included)"
+    assert main["outcome"] == "test error 0.99 % at epoch 10"
+
+
+def test_markdown_tables_bad_blocks(tmp_path, capsys):
+    results, bench = make_sources(tmp_path)
+    doc = tmp_path / "page.md"
+    argv = ["--markdown-tables", str(doc), "--results-dir", str(results),
+            "--benchmarks-dir", str(bench)]
+    for text, expected in [
+            ("<!-- report:nonsense -->\n<!-- /report:nonsense -->\n", "unknown report block"),
+            ("<!-- report:runs -->\nno end\n", "matching"),
+            ("<!-- report:xnor-cpu -->\n<!-- /report:xnor-cpu -->\n", "xnor_cpu.json")]:
+        doc.write_text(text)
+        line = run_cli_error(capsys, argv)
+        assert expected in line
+        assert doc.read_text() == text
+
+
+def test_markdown_tables_write_nothing_when_one_file_fails(tmp_path, capsys):
+    results, bench = make_sources(tmp_path)
+    good, bad = tmp_path / "a.md", tmp_path / "b.md"
+    good.write_text("<!-- report:runs -->\n<!-- /report:runs -->\n")
+    bad.write_text("<!-- report:train-step -->\n<!-- /report:train-step -->\n")
+    run_cli_error(capsys, ["--markdown-tables", str(good), str(bad), "--results-dir",
+                           str(results), "--benchmarks-dir", str(bench)])
+    assert good.read_text() == "<!-- report:runs -->\n<!-- /report:runs -->\n"
+
+
+def test_percent_keys_and_options_in_labels(tmp_path):
+    run_dir = write_run(tmp_path, "r", config={"num_units": 512, "num_hidden_layers": 2,
+                                               "batchnorm": "shift",
+                                               "optimizer": "shift-adamax",
+                                               "stochastic": True})
+    data = json.loads((run_dir / "result.json").read_text())
+    data["test_error_percent"] = data.pop("test_error")
+    data["best_valid_error_percent"] = data.pop("best_valid_error")
+    (run_dir / "result.json").write_text(json.dumps(data))
+    run = report.load_result(run_dir)
+    assert (run["test_error"], run["best_valid_error"]) == (1.23, 1.11)
+    assert report.run_label(run) == (
+        "this project: MNIST MLP 2x512, 4/4 epochs, shift-based BN, shift-based AdaMax, "
+        "stochastic binarization")
+
+
+def test_markdown_tables_cli_errors(capsys):
+    with pytest.raises(SystemExit):
+        report.main(["--markdown-tables", "--output", "x.md"])
+    with pytest.raises(SystemExit):
+        report.main(["--check"])
+    with pytest.raises(SystemExit):
+        report.main([])
+    capsys.readouterr()
