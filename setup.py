@@ -12,7 +12,8 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=["binary_net", "kernels"],
     # The CUDA sources are compiled at run time (pycuda + nvcc): ship them.
-    package_data={"kernels": ["*.cu", "*.cuh"]},
+    package_data={"binary_net": ["csrc/*.h"],  # C of the Theano Ops (binary_net/c_sources.py)
+                  "kernels": ["*.cu", "*.cuh"]},
     install_requires=[
         # Theano-PyMC runs unpatched only with numpy < 1.24 (np.bool and
         # friends); 1.23.5 and scipy 1.11.4 have wheels for Python 3.11.
