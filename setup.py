@@ -10,7 +10,7 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=["binary_net", "kernels"],
+    packages=["binary_net", "binary_net.model", "kernels"],
     # The CUDA sources are compiled at run time (pycuda + nvcc): ship them.
     package_data={"binary_net": ["csrc/*.h"],  # C of the Theano Ops (binary_net/c_sources.py)
                   "kernels": ["*.cu", "*.cuh"]},

@@ -226,7 +226,7 @@ def conv_gemm_weights(w_bits):
     F, fh, fw, words = w_bits.shape
     rows = np.zeros((F, xc.packed_words(fh * fw * words * WORD_BITS)), dtype=np.uint64)
     rows[:, :fh * fw * words] = w_bits.reshape(F, -1)
-    tap_ones = xc._popcount_words(w_bits.reshape(F, fh * fw, words)).astype(np.int32)
+    tap_ones = xc.popcount_words(w_bits.reshape(F, fh * fw, words)).astype(np.int32)
     return xc.xnor_weights(rows), tap_ones
 
 
@@ -394,7 +394,7 @@ def _build_xnor(layers):
                 flat = T.concatenate([flat, T.zeros((h.shape[0], extra), dtype="uint64")], axis=1)
             h, spatial = flat, False
         else:
-            w_split = xc.xnor_weights(xc._padded_bits(layer.weight_bits, layer.n_in))
+            w_split = xc.xnor_weights(xc.padded_bits(layer.weight_bits, layer.n_in))
             k_seen, shift = layer.n_in, 0
         w_split = theano.shared(w_split)
         if layer.role == "output":

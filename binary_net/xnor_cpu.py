@@ -164,7 +164,7 @@ def merge_nibbles(w_split):
     return np.ascontiguousarray(merged).reshape(rows, -1).view("<u8").astype(np.uint64)
 
 
-def _popcount_words(words):
+def popcount_words(words):
     """Per-row popcount of the last axis of a uint64 array (int64)."""
     as_bytes = np.ascontiguousarray(words).view(np.uint8)
     return _POPCOUNT8[as_bytes].reshape(words.shape[:-1] + (-1,)).sum(axis=-1)
@@ -184,7 +184,7 @@ def xnor_gemm_reference(a_packed, w_packed, k):
     rows_per_chunk = max(1, (1 << 22) // max(1, w_packed.size))
     for start in range(0, a_packed.shape[0], rows_per_chunk):
         chunk = a_packed[start:start + rows_per_chunk]
-        counts = _popcount_words(chunk[:, None, :] ^ w_packed[None, :, :])
+        counts = popcount_words(chunk[:, None, :] ^ w_packed[None, :, :])
         out[start:start + rows_per_chunk] = k - 2 * counts
     return out
 
@@ -737,7 +737,7 @@ def _signs(weight_bits, n_in):
     return np.ascontiguousarray(unpack_bits(weight_bits, n_in).T)
 
 
-def _padded_bits(weight_bits, n_in):
+def padded_bits(weight_bits, n_in):
     """File layout (ceil(n_in/64) words) to the Ops' layout (packed_words(n_in))."""
     out = np.zeros((weight_bits.shape[0], packed_words(n_in)), dtype=np.uint64)
     out[:, :weight_bits.shape[1]] = weight_bits
@@ -814,7 +814,7 @@ def _build_xnor(layers, input_encoding, pixel_dtype="float32"):
         signs = _float_sign_layer(x, _signs(first.weight_bits, first.n_in), first.float_params)
         h = xnor_pack(signs)
     for layer in layers[1:]:
-        w_packed = theano.shared(xnor_weights(_padded_bits(layer.weight_bits, layer.n_in)))
+        w_packed = theano.shared(xnor_weights(padded_bits(layer.weight_bits, layer.n_in)))
         if layer.role == "output":
             s = xnor_dense(h, w_packed, n_in=layer.n_in)
             scores = _batchnorm_scores(T.cast(s, "float32"), layer.float_params)
