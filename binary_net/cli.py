@@ -190,8 +190,8 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
                       progress=args.progress, eval_batch_size=args.eval_batch_size,
                       backend=backend, checkpoint_every=getattr(args, "checkpoint_every", 1))
     result = trainer.fit(*splits, resume=args.resume)
-    print(f"test error {result['test_error']:.2f}% at the best validation epoch "
-          f"{result['best_epoch']} (valid {result['best_valid_error']:.2f}%); "
+    print(f"test error {result['test_error_percent']:.2f}% at the best validation epoch "
+          f"{result['best_epoch']} (valid {result['best_valid_error_percent']:.2f}%); "
           f"{result['seconds']:.0f}s; results in {args.output_dir}")
     return 0
 

@@ -4,14 +4,20 @@ This module only reads the files the training scripts (``mnist.py``,
 ``cifar10.py``, ``svhn.py``) write into a run directory:
 
 ``result.json``
-    One object with at least ``dataset``, ``test_error``,
-    ``best_valid_error``, ``best_epoch`` and ``epochs``; usually also
+    One object with at least ``dataset``, ``test_error_percent``,
+    ``best_valid_error_percent``, ``best_epoch`` and ``epochs``; usually also
     ``epochs_run``, ``seconds``, ``seconds_per_epoch``, ``config``,
     ``machine`` and ``command``. Other keys are ignored.
 ``log.jsonl``
     One object per epoch with ``epoch``, ``lr``, ``train_loss``,
-    ``valid_loss``, ``valid_error``, ``test_error`` (``null`` unless
-    validation improved), ``best_valid_error`` and ``seconds``.
+    ``valid_loss``, ``valid_error_percent``, ``test_error_percent`` (``null``
+    unless validation improved), ``best_valid_error_percent``,
+    ``best_test_error_percent`` and ``seconds``.
+
+Error rates are percentages and their keys say so (``..._percent``). Files
+written before the units were named (``test_error``, ``best_valid_error``,
+``valid_error``, ``best_test_error``; the same percentages) are read too:
+:func:`with_percent_keys` renames those keys on reading.
 
 It never imports Theano or Lasagne, so a report can be built on a machine
 without them. Matplotlib is imported only when a plot is drawn, and always
@@ -39,8 +45,14 @@ DATASETS = ("mnist", "svhn", "cifar10")
 DATASET_LABELS = {"mnist": "MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10"}
 
 #: Keys ``result.json`` must have; everything else is optional.
-REQUIRED_KEYS = ("dataset", "test_error", "best_valid_error", "best_epoch",
+REQUIRED_KEYS = ("dataset", "test_error_percent", "best_valid_error_percent", "best_epoch",
                  "epochs")
+
+#: JSON keys holding a percentage, by the name older files gave them (same values).
+PERCENT_KEYS = {"test_error": "test_error_percent",
+                "best_valid_error": "best_valid_error_percent",
+                "valid_error": "valid_error_percent",
+                "best_test_error": "best_test_error_percent"}
 
 #: The BNN rows of the paper's Table 1: test error (%), no data augmentation.
 PAPER_BNN_ROWS = (
@@ -105,6 +117,23 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def with_percent_keys(record):
+    """A copy of a ``result.json`` / ``log.jsonl`` object with the percent keys named.
+
+    Each old key of :data:`PERCENT_KEYS` (``test_error``, ...) is renamed to its
+    ``..._percent`` name, unless the object already has that name (which wins).
+    Other keys are kept as they are.
+    """
+    out = {}
+    for key, value in record.items():
+        new = PERCENT_KEYS.get(key)
+        if new is None:
+            out[key] = value
+        elif new not in record:
+            out[new] = value
+    return out
+
+
 def load_result(path):
     """Read and check one run's ``result.json``.
 
@@ -116,8 +145,9 @@ def load_result(path):
     Returns
     -------
     dict
-        The file's object, unchanged except for two added keys:
-        ``"_path"`` (the file read) and ``"_run_dir"`` (its directory).
+        The file's object, with older percent keys renamed
+        (:func:`with_percent_keys`) and two added keys: ``"_path"`` (the file
+        read) and ``"_run_dir"`` (its directory).
 
     Raises
     ------
@@ -138,13 +168,14 @@ def load_result(path):
     if not isinstance(result, dict):
         raise ValueError("{}: expected a JSON object, got {}".format(
             file_path, type(result).__name__))
+    result = with_percent_keys(result)
     for key in REQUIRED_KEYS:
         if key not in result:
             raise ValueError("{}: missing required key '{}'".format(file_path, key))
     if result["dataset"] not in DATASETS:
         raise ValueError("{}: unknown dataset {!r} (expected one of {})".format(
             file_path, result["dataset"], ", ".join(DATASETS)))
-    for key in ("test_error", "best_valid_error"):
+    for key in ("test_error_percent", "best_valid_error_percent"):
         if not _is_number(result[key]):
             raise ValueError("{}: key '{}' must be a number, got {!r}".format(
                 file_path, key, result[key]))
@@ -171,7 +202,8 @@ def load_log(path):
     Returns
     -------
     list of dict
-        One dict per non-blank line, in file order.
+        One dict per non-blank line, in file order, older percent keys renamed
+        (:func:`with_percent_keys`).
 
     Raises
     ------
@@ -195,7 +227,7 @@ def load_log(path):
             if not isinstance(entry, dict) or not _is_int(entry.get("epoch")):
                 raise ValueError("{}:{}: expected an object with an integer "
                                  "'epoch'".format(file_path, number))
-            entries.append(entry)
+            entries.append(with_percent_keys(entry))
     return entries
 
 
@@ -328,7 +360,7 @@ def markdown_table(results):
         rows.append([method] + [_pct(errors[d]) for d in DATASETS]
                     + [settings[method]])
     for result in results:
-        cells = [_pct(result["test_error"]) if d == result["dataset"] else "-"
+        cells = [_pct(result["test_error_percent"]) if d == result["dataset"] else "-"
                  for d in DATASETS]
         rows.append([run_label(result)] + cells + [_run_setting(result)])
     parts = ["## Test error (%) next to the paper's Table 1 "
@@ -350,8 +382,8 @@ def markdown_table(results):
             detail_rows.append([
                 _run_name(result),
                 DATASET_LABELS[result["dataset"]],
-                _pct(result["test_error"]),
-                _pct(result["best_valid_error"]),
+                _pct(result["test_error_percent"]),
+                _pct(result["best_valid_error_percent"]),
                 str(result["best_epoch"]),
                 "{} / {}".format(_epochs_done(result), result["epochs"]),
                 _duration(result.get("seconds")),
@@ -418,8 +450,8 @@ def plot_curves(log_path_or_dir, png_path, title=None):
     epochs = [entry["epoch"] for entry in entries]
     train_loss = _series(entries, "train_loss")
     valid_loss = _series(entries, "valid_loss")
-    valid_error = _series(entries, "valid_error")
-    test_error = _series(entries, "test_error")
+    valid_error = _series(entries, "valid_error_percent")
+    test_error = _series(entries, "test_error_percent")
 
     finite_valid = [(v, e) for v, e in zip(valid_error, epochs) if math.isfinite(v)]
     best_epoch = min(finite_valid)[1] if finite_valid else None

@@ -36,7 +36,8 @@ from binary_net import cli, datasets
 
 SMALL_RUN = ["--epochs", "1", "--batch-size", "10", "--train-size", "50", "--valid-size", "20",
              "--test-size", "20", "--no-progress", "--seed", "3"]
-RESULT_KEYS = {"test_error", "best_valid_error", "best_epoch", "epochs", "seconds"}
+RESULT_KEYS = {"test_error_percent", "best_valid_error_percent", "best_epoch", "epochs",
+               "seconds"}
 OUTPUT_FILES = ("result.json", "log.jsonl", "best_params.npz", "checkpoint.npz", "config.json")
 
 
@@ -61,7 +62,8 @@ def check_outputs(out_dir, epochs=1):
     result = json.loads((out_dir / "result.json").read_text())
     assert RESULT_KEYS <= set(result)
     assert result["epochs"] == epochs and result["best_epoch"] == 1
-    assert 0. <= result["test_error"] <= 100. and 0. <= result["best_valid_error"] <= 100.
+    assert 0. <= result["test_error_percent"] <= 100.
+    assert 0. <= result["best_valid_error_percent"] <= 100.
     assert result["seconds"] >= 0.
     rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
@@ -188,7 +190,8 @@ def test_mnist_resume_after_finished_run_changes_nothing(mnist_run):
     for name, content in keep.items():
         assert (out_dir / name).read_bytes() == content, name
     result, rows, _ = check_outputs(out_dir)
-    for key in ("test_error", "best_valid_error", "best_epoch", "epochs", "epochs_run"):
+    for key in ("test_error_percent", "best_valid_error_percent", "best_epoch", "epochs",
+                "epochs_run"):
         assert result[key] == result_before[key]
     assert len(rows) == 1
 
