@@ -1,5 +1,5 @@
 """Install the binary_net library (training) and its kernels package (run time)."""
-from setuptools import find_packages, setup
+from setuptools import setup
 
 JAX = ["jax==0.4.30", "jaxlib==0.4.30", "ml_dtypes>=0.2,<0.5"]
 
@@ -10,9 +10,10 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["binary_net", "binary_net.*", "kernels"]),
+    packages=["binary_net", "binary_net.model", "kernels"],
     # The CUDA sources are compiled at run time (pycuda + nvcc): ship them.
-    package_data={"kernels": ["*.cu", "*.cuh"]},
+    package_data={"binary_net": ["csrc/*.h"],  # C of the Theano Ops (binary_net/c_sources.py)
+                  "kernels": ["*.cu", "*.cuh"]},
     install_requires=[
         # Theano-PyMC runs unpatched only with numpy < 1.24 (np.bool and
         # friends); 1.23.5 and scipy 1.11.4 have wheels for Python 3.11.

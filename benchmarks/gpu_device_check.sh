@@ -19,8 +19,9 @@
 # install, selfcheck of the tensor-core kernels (issue #4: every variant and epilogue vs
 # numpy), selfcheck of the 2016 kernels, compute-sanitizer memcheck + racecheck of the
 # tensor-core kernels (cp.async pipeline), kernel benchmark (now with xnor_tc rows and
-# batch 1/16/100 layer shapes), run-time MNIST command (theano, baseline, xnor, xnor_tc,
-# cuBLAS FP16 via CuPy; batches 1, 16, 100, 10000), GPU tests, compute-sanitizer of the
+# batch 1/16/100 layer shapes), run-time MNIST command (benchmarks/gpu_runtime.py: theano,
+# baseline, xnor, xnor_tc, cuBLAS FP16 via CuPy; batches 1, 16, 100, 10000), GPU tests
+# (the command's tests too), compute-sanitizer of the
 # 2016 kernels (memcheck, racecheck, initcheck, synccheck).
 set -u
 cd "$(dirname "$0")/.."
@@ -72,7 +73,8 @@ fi
 export PYTHONPATH="$DEPS:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 step imports 45 "$PY" -c "
 import kernels; print('gpu:', kernels.gpu_status())
-import binary_net.gpu_runtime as g; print('theano:', g.THEANO_ERROR or 'ok')"
+import binary_net.gpu_runtime as g; print('theano:', g.THEANO_ERROR or 'ok')
+import kernels.cublas"
 
 step selfcheck-tc 90 "$PY" -m kernels.selfcheck --only tc
 step selfcheck 60 "$PY" -m kernels.selfcheck --only paper
@@ -83,7 +85,7 @@ for tool in memcheck racecheck; do
 done
 step benchmark 150 "$PY" -m kernels.benchmark --output "$OUT/kernel_benchmark.json" \
     --markdown "$OUT/kernel_benchmark.md"
-step runtime-mnist 150 "$PY" -m binary_net.gpu_runtime \
+step runtime-mnist 150 "$PY" benchmarks/gpu_runtime.py \
     --params results/mnist-3x1024-120ep/best_params.npz --data-dir .data/mnist \
     --random-shape 4096 --repeats 5 --theano-repeats 1 --kernels theano,baseline,xnor,xnor_tc \
     --batches 1,16,100,10000 --cublas-fp16 --output "$OUT/gpu_runtime_mnist.json"

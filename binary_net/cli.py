@@ -208,12 +208,12 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
                       backend=backend, checkpoint_every=getattr(args, "checkpoint_every", 1),
                       eval_weights=getattr(args, "eval_weights", "binary"))
     result = trainer.fit(*splits, resume=args.resume)
-    print(f"test error {result['test_error']:.2f}% at the best validation epoch "
-          f"{result['best_epoch']} (valid {result['best_valid_error']:.2f}%); "
+    print(f"test error {result['test_error_percent']:.2f}% at the best validation epoch "
+          f"{result['best_epoch']} (valid {result['best_valid_error_percent']:.2f}%); "
           f"{result['seconds']:.0f}s; results in {args.output_dir}")
-    if result.get("test_error_binary_weights") is not None:
+    if result.get("test_error_binary_weights_percent") is not None:
         print(f"(evaluated with real-valued weights; with sign(W), as the run time computes: "
-              f"test error {result['test_error_binary_weights']:.2f}%)")
+              f"test error {result['test_error_binary_weights_percent']:.2f}%)")
     return 0
 
 

@@ -15,7 +15,7 @@ on the 2-core development machine, a quarter of the MLP's training step.
 compiler, split over cores by OpenMP), writing ``W``, ``m`` and ``v`` to
 new arrays. Results agree with the composed path to float32 rounding (the order
 of the last multiplications differs); ``binary_updates(..., fused=False)``
-keeps the composed path.
+keeps the composed path. The C code is ``binary_net/csrc/binary_adam.h``.
 """
 from . import compat  # noqa: F401  (must precede Theano)
 import numpy as np
@@ -23,6 +23,8 @@ import theano
 import theano.tensor as T
 from theano.graph.basic import Apply
 from theano.graph.op import COp
+
+from .c_sources import c_source
 
 __all__ = ["BinaryAdamStep", "fused_binary_adam"]
 
@@ -72,72 +74,22 @@ class BinaryAdamStep(COp):
     def c_headers(self, **kwargs):
         return ["<math.h>"]
 
+    def c_support_code(self, **kwargs):
+        return c_source("binary_adam.h")
+
     def c_code_cache_version(self):
-        return (2,)
+        return (3,)
 
     def c_code(self, node, name, inputs, outputs, sub):
         W, m, v, g, a_t = inputs
         W_out, m_out, v_out = outputs
-        fail = sub["fail"]
-        b1, b2, eps = (repr(np.float32(x).item()) for x in (self.beta1, self.beta2,
-                                                            self.epsilon))
-        c1, c2 = repr(np.float32(1. - self.beta1).item()), repr(np.float32(1. - self.beta2).item())
-        scale, H = repr(np.float32(self.scale).item()), repr(np.float32(self.H).item())
-        return f"""
-        {{
-            // Gradients can arrive as views (a conv filter gradient is a
-            // flipped one): work on C-contiguous arrays, copying only those.
-            PyArrayObject* given[4] = {{{W}, {m}, {v}, {g}}};
-            PyArrayObject* arrays[4] = {{NULL, NULL, NULL, NULL}};
-            const npy_intp n = PyArray_SIZE({W});
-            int ok = 1;
-            for (int i = 0; i < 4 && ok; ++i) {{
-                arrays[i] = PyArray_GETCONTIGUOUS(given[i]);
-                ok = arrays[i] != NULL && PyArray_SIZE(arrays[i]) == n;
-            }}
-            if (!ok) {{
-                for (int i = 0; i < 4; ++i) Py_XDECREF(arrays[i]);
-                if (!PyErr_Occurred())
-                    PyErr_SetString(PyExc_ValueError,
-                                    "BinaryAdamStep: W, m, v, g must have one size");
-                {fail}
-            }}
-            PyArrayObject** outs[3] = {{&{W_out}, &{m_out}, &{v_out}}};
-            for (int i = 0; i < 3; ++i) {{
-                if (!*outs[i] || !PyArray_IS_C_CONTIGUOUS(*outs[i])
-                        || !PyArray_SAMESHAPE(*outs[i], {W})) {{
-                    Py_XDECREF(*outs[i]);
-                    *outs[i] = (PyArrayObject*)PyArray_EMPTY(PyArray_NDIM({W}),
-                                                             PyArray_DIMS({W}), NPY_FLOAT32, 0);
-                    if (!*outs[i]) {{
-                        for (int j = 0; j < 4; ++j) Py_DECREF(arrays[j]);
-                        {fail}
-                    }}
-                }}
-            }}
-            const float* __restrict__ w = (const float*)PyArray_DATA(arrays[0]);
-            const float* __restrict__ mm = (const float*)PyArray_DATA(arrays[1]);
-            const float* __restrict__ vv = (const float*)PyArray_DATA(arrays[2]);
-            const float* __restrict__ gg = (const float*)PyArray_DATA(arrays[3]);
-            float* __restrict__ w_new = (float*)PyArray_DATA({W_out});
-            float* __restrict__ m_new = (float*)PyArray_DATA({m_out});
-            float* __restrict__ v_new = (float*)PyArray_DATA({v_out});
-            const float a = ((float*)PyArray_DATA({a_t}))[0];
-            const float scaled_a = a * {scale}f;
-            #pragma omp parallel for simd schedule(static)
-            for (npy_intp i = 0; i < n; ++i) {{
-                const float gi = gg[i];
-                const float mi = {b1}f * mm[i] + {c1}f * gi;
-                const float vi = {b2}f * vv[i] + {c2}f * (gi * gi);
-                m_new[i] = mi;
-                v_new[i] = vi;
-                float wi = w[i] - scaled_a * (mi / (sqrtf(vi) + {eps}f));
-                wi = wi < -{H}f ? -{H}f : wi;
-                w_new[i] = wi > {H}f ? {H}f : wi;
-            }}
-            for (int i = 0; i < 4; ++i) Py_DECREF(arrays[i]);
-        }}
-        """
+        f32 = [repr(np.float32(x).item()) + "f" for x in (
+            self.beta1, 1. - self.beta1, self.beta2, 1. - self.beta2, self.epsilon, self.scale,
+            self.H)]
+        constants = "{" + ", ".join(f32) + "}"
+        return (f"if (bnn_binary_adam_op({W}, {m}, {v}, {g}, {a_t}, "
+                f"bnn_adam_constants{constants}, &{W_out}, &{m_out}, &{v_out}) != 0) "
+                f"{{ {sub['fail']} }}")
 
 
 def fused_binary_adam(grads, layers, learning_rate, beta1=0.9, beta2=0.999, epsilon=1e-8):

@@ -5,16 +5,20 @@ This module only reads the files the training scripts (``mnist.py``,
 ``cifar10.py``, ``svhn.py``) write into a run directory:
 
 ``result.json``
-    One object with at least ``dataset``, ``test_error``,
-    ``best_valid_error``, ``best_epoch`` and ``epochs`` (the two errors in
-    percent; ``test_error_percent`` and ``best_valid_error_percent`` are
-    read as well); usually also
+    One object with at least ``dataset``, ``test_error_percent``,
+    ``best_valid_error_percent``, ``best_epoch`` and ``epochs``; usually also
     ``epochs_run``, ``seconds``, ``seconds_per_epoch``, ``config``,
     ``machine`` and ``command``. Other keys are ignored.
 ``log.jsonl``
     One object per epoch with ``epoch``, ``lr``, ``train_loss``,
-    ``valid_loss``, ``valid_error``, ``test_error`` (``null`` unless
-    validation improved), ``best_valid_error`` and ``seconds``.
+    ``valid_loss``, ``valid_error_percent``, ``test_error_percent`` (``null``
+    unless validation improved), ``best_valid_error_percent``,
+    ``best_test_error_percent`` and ``seconds``.
+
+Error rates are percentages and their keys say so (``..._percent``). Files
+written before the units were named (``test_error``, ``best_valid_error``,
+``valid_error``, ``best_test_error``; the same percentages) are read too:
+:func:`with_percent_keys` renames those keys on reading.
 
 It never imports Theano or Lasagne, so a report can be built on a machine
 without them. Matplotlib is imported only when a plot is drawn, and always
@@ -52,12 +56,14 @@ DATASETS = ("mnist", "svhn", "cifar10")
 DATASET_LABELS = {"mnist": "MNIST", "svhn": "SVHN", "cifar10": "CIFAR-10"}
 
 #: Keys ``result.json`` must have; everything else is optional.
-REQUIRED_KEYS = ("dataset", "test_error", "best_valid_error", "best_epoch",
+REQUIRED_KEYS = ("dataset", "test_error_percent", "best_valid_error_percent", "best_epoch",
                  "epochs")
 
-#: ``result.json`` keys that may instead be written with their unit.
-PERCENT_ALIASES = {"test_error": "test_error_percent",
-                   "best_valid_error": "best_valid_error_percent"}
+#: JSON keys holding a percentage, by the name older files gave them (same values).
+PERCENT_KEYS = {"test_error": "test_error_percent",
+                "best_valid_error": "best_valid_error_percent",
+                "valid_error": "valid_error_percent",
+                "best_test_error": "best_test_error_percent"}
 
 #: The BNN rows of the paper's Table 1: test error (%), no data augmentation.
 PAPER_BNN_ROWS = (
@@ -122,6 +128,23 @@ def _is_int(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def with_percent_keys(record):
+    """A copy of a ``result.json`` / ``log.jsonl`` object with the percent keys named.
+
+    Each old key of :data:`PERCENT_KEYS` (``test_error``, ...) is renamed to its
+    ``..._percent`` name, unless the object already has that name (which wins).
+    Other keys are kept as they are.
+    """
+    out = {}
+    for key, value in record.items():
+        new = PERCENT_KEYS.get(key)
+        if new is None:
+            out[key] = value
+        elif new not in record:
+            out[new] = value
+    return out
+
+
 def load_result(path):
     """Read and check one run's ``result.json``.
 
@@ -133,8 +156,9 @@ def load_result(path):
     Returns
     -------
     dict
-        The file's object, unchanged except for two added keys:
-        ``"_path"`` (the file read) and ``"_run_dir"`` (its directory).
+        The file's object, with older percent keys renamed
+        (:func:`with_percent_keys`) and two added keys: ``"_path"`` (the file
+        read) and ``"_run_dir"`` (its directory).
 
     Raises
     ------
@@ -146,18 +170,14 @@ def load_result(path):
         required number has the wrong type.
     """
     file_path = _resolve(path, RESULT_NAME)
-    result = _read_json_object(file_path)
-    # Percent values may carry their unit in the key name; read either.
-    for key, alias in PERCENT_ALIASES.items():
-        if key not in result and alias in result:
-            result[key] = result[alias]
+    result = with_percent_keys(_read_json_object(file_path))
     for key in REQUIRED_KEYS:
         if key not in result:
             raise ValueError("{}: missing required key '{}'".format(file_path, key))
     if result["dataset"] not in DATASETS:
         raise ValueError("{}: unknown dataset {!r} (expected one of {})".format(
             file_path, result["dataset"], ", ".join(DATASETS)))
-    for key in ("test_error", "best_valid_error"):
+    for key in ("test_error_percent", "best_valid_error_percent"):
         if not _is_number(result[key]):
             raise ValueError("{}: key '{}' must be a number, got {!r}".format(
                 file_path, key, result[key]))
@@ -198,7 +218,8 @@ def load_log(path):
     Returns
     -------
     list of dict
-        One dict per non-blank line, in file order.
+        One dict per non-blank line, in file order, older percent keys renamed
+        (:func:`with_percent_keys`).
 
     Raises
     ------
@@ -222,7 +243,7 @@ def load_log(path):
             if not isinstance(entry, dict) or not _is_int(entry.get("epoch")):
                 raise ValueError("{}:{}: expected an object with an integer "
                                  "'epoch'".format(file_path, number))
-            entries.append(entry)
+            entries.append(with_percent_keys(entry))
     return entries
 
 
@@ -334,7 +355,7 @@ def _run_setting(result):
         parts.append("stochastic activations")
     if result.get("eval_weights") == "real":
         # the 2016 evaluation: not what a binary run time computes
-        binary = result.get("test_error_binary_weights")
+        binary = result.get("test_error_binary_weights_percent")
         parts.append("evaluated with real-valued W" + (
             " (with sign(W): {:.2f} %)".format(binary) if _is_number(binary) else ""))
     paper = PAPER_THEANO_SETTINGS[result["dataset"]]
@@ -385,7 +406,7 @@ def markdown_table(results):
         rows.append([method] + [_pct(errors[d]) for d in DATASETS]
                     + [settings[method]])
     for result in results:
-        cells = [_pct(result["test_error"]) if d == result["dataset"] else "-"
+        cells = [_pct(result["test_error_percent"]) if d == result["dataset"] else "-"
                  for d in DATASETS]
         rows.append([run_label(result)] + cells + [_run_setting(result)])
     parts = ["## Test error (%) next to the paper's Table 1 "
@@ -407,8 +428,8 @@ def markdown_table(results):
             detail_rows.append([
                 _run_name(result),
                 DATASET_LABELS[result["dataset"]],
-                _pct(result["test_error"]),
-                _pct(result["best_valid_error"]),
+                _pct(result["test_error_percent"]),
+                _pct(result["best_valid_error_percent"]),
                 str(result["best_epoch"]),
                 "{} / {}".format(_epochs_done(result), result["epochs"]),
                 _duration(result.get("seconds")),
@@ -475,8 +496,8 @@ def plot_curves(log_path_or_dir, png_path, title=None):
     epochs = [entry["epoch"] for entry in entries]
     train_loss = _series(entries, "train_loss")
     valid_loss = _series(entries, "valid_loss")
-    valid_error = _series(entries, "valid_error")
-    test_error = _series(entries, "test_error")
+    valid_error = _series(entries, "valid_error_percent")
+    test_error = _series(entries, "test_error_percent")
 
     finite_valid = [(v, e) for v, e in zip(valid_error, epochs) if math.isfinite(v)]
     best_epoch = min(finite_valid)[1] if finite_valid else None
@@ -673,7 +694,7 @@ def block_reproduction(sources, base_dir):
         if options:
             name += " ({})".format(options)
         rows.append(["this project: " + name]
-                    + [_pct(result["test_error"]) if d == result["dataset"] else "-"
+                    + [_pct(result["test_error_percent"]) if d == result["dataset"] else "-"
                        for d in DATASETS]
                     + ["{} / {}".format(_epochs_done(result), result["epochs"]),
                        _duration(result.get("seconds")),
@@ -695,8 +716,8 @@ def block_runs(sources, base_dir):
         per_epoch = result.get("seconds_per_epoch")
         rows.append([
             _link(os.path.join(sources.results_dir, _run_name(result)), base_dir),
-            _pct(result["test_error"]),
-            "{} ({})".format(_pct(result["best_valid_error"]), result["best_epoch"]),
+            _pct(result["test_error_percent"]),
+            "{} ({})".format(_pct(result["best_valid_error_percent"]), result["best_epoch"]),
             "{} / {}".format(_epochs_done(result), result["epochs"]),
             _duration(result.get("seconds")),
             "{:.1f}".format(per_epoch) if _is_number(per_epoch) else "-",
@@ -741,7 +762,7 @@ def block_command_times(sources, base_dir):
             "a run with the main job's settings",
             "{} for {} epochs (compilation and data loading not included)".format(
                 _seconds(result.get("seconds")), _epochs_done(result)),
-            "test error {} % at epoch {}".format(_pct(result["test_error"]),
+            "test error {} % at epoch {}".format(_pct(result["test_error_percent"]),
                                                  result["best_epoch"]),
             result.get("machine") or "-",
             _link(os.path.join(sources.results_dir, _run_name(result)), base_dir)])

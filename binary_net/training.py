@@ -9,7 +9,7 @@ and the parameters are saved as the best. The learning rate of epoch ``e``
 Files written to ``output_dir``:
 
 ``log.jsonl``
-    one JSON object per epoch.
+    one JSON object per epoch (error rates in percent, keys ``..._percent``).
 ``best_params.npz``
     the best-validation parameters, ``np.savez(path, *values)`` in
     ``get_all_param_values`` order (keys ``arr_0..``), the 2016 layout.
@@ -19,7 +19,8 @@ Files written to ``output_dir``:
     BatchNorm running averages, random streams), the shuffling RNG, the
     history. Written atomically; read with ``allow_pickle=False``.
 ``result.json``
-    the summary, at the end.
+    the summary, at the end (``test_error_percent``, ``best_valid_error_percent``;
+    :mod:`binary_net.report` reads it, and the older key names too).
 """
 from . import compat  # noqa: F401  (must precede Theano)
 import json
@@ -34,6 +35,7 @@ import theano
 import theano.tensor as T
 
 from .layers import binary_layers
+from .report import with_percent_keys
 from .updates import binary_updates, squared_hinge_loss
 from .model.npzfile import atomic_savez
 from .model.textfile import atomic_write_text
@@ -152,7 +154,7 @@ class Trainer:
         stochastically binarized layers with their real-valued ``W``, as the
         2016 code did (model selection then follows that error; the test
         error with ``sign(W)`` at the best epoch is recorded beside it as
-        ``test_error_binary_weights``). ``"real"`` needs a stochastic layer
+        ``test_error_binary_weights_percent``). ``"real"`` needs a stochastic layer
         (ValueError otherwise).
     """
 
@@ -333,7 +335,8 @@ class Trainer:
         self.sync_to_device()
         rng_name, pos, has_gauss, cached = meta["rng"]
         self.rng.set_state((rng_name, keys, pos, has_gauss, cached))
-        self.history = meta["history"]
+        # checkpoints written before the percent keys were named: same values
+        self.history = [with_percent_keys(row) for row in meta["history"]]
         self.best = meta["best"]
         self.best["valid_error"] = (math.inf if self.best["valid_error"] is None
                                     else self.best["valid_error"])
@@ -467,15 +470,16 @@ class Trainer:
                 self.best = {"valid_error": valid_error, "epoch": epoch + 1,
                              "test_error": test_error, "test_loss": test_loss}
                 if self.eval_weights != "binary":
-                    self.best["test_error_binary_weights"] = self.evaluate(
+                    self.best["test_error_binary_weights_percent"] = self.evaluate(
                         X_test, y_test, binary_weights=True)[1]
                 self.sync_from_device(lasagne.layers.get_all_params(self.network))
                 save_params(os.path.join(self.output_dir, BEST_PARAMS), self.network)
             row = {"epoch": epoch + 1, "lr": float(lr), "train_loss": train_loss,
-                   "valid_loss": valid_loss, "valid_error": valid_error,
-                   "test_error": test_error, "best_valid_error": self.best["valid_error"],
+                   "valid_loss": valid_loss, "valid_error_percent": valid_error,
+                   "test_error_percent": test_error,
+                   "best_valid_error_percent": self.best["valid_error"],
                    "best_epoch": self.best["epoch"],
-                   "best_test_error": self.best["test_error"],
+                   "best_test_error_percent": self.best["test_error"],
                    "seconds": time.time() - started}
             self.history.append(row)
             if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == self.epochs:
@@ -492,9 +496,9 @@ class Trainer:
         self.sync_from_device()
         epochs_run = len(self.history)
         result = {"dataset": self.config.get("dataset"),
-                  "test_error": self.best["test_error"],
+                  "test_error_percent": self.best["test_error"],
                   "test_loss": self.best["test_loss"],
-                  "best_valid_error": self.best["valid_error"],
+                  "best_valid_error_percent": self.best["valid_error"],
                   "best_epoch": self.best["epoch"], "epochs": self.epochs,
                   "epochs_run": epochs_run, "seconds": seconds,
                   "seconds_per_epoch": (sum(r["seconds"] for r in self.history) / epochs_run
@@ -503,7 +507,7 @@ class Trainer:
                   "config": self.config, "machine": machine_description(),
                   "command": self.config.get("command")}
         if self.eval_weights != "binary":
-            result["test_error_binary_weights"] = self.best.get("test_error_binary_weights")
+            result["test_error_binary_weights_percent"] = self.best.get("test_error_binary_weights_percent")
         atomic_write_text(os.path.join(self.output_dir, RESULT),
                            json.dumps(result, indent=2) + "\n")
         return result

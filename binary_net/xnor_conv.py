@@ -38,6 +38,7 @@ from theano.tensor.nnet import conv2d
 from theano.tensor.signal.pool import pool_2d
 
 from . import xnor_cpu as xc
+from .c_sources import c_source
 from .xnor_cpu import FoldedLayer, WORD_BITS
 
 __all__ = ["XnorConv", "xnor_conv", "xnor_conv_reference", "pack_channels",
@@ -123,126 +124,9 @@ def conv_filter_bits(weight_bits, channels, filter_h, filter_w, flip_filters=Tru
 
 
 # ----------------------------------------------------------------------------
-# The Op
+# The Ops; their C code is binary_net/csrc/xnor_conv.h
 # ----------------------------------------------------------------------------
 
-_CONV_SUPPORT_CODE = r"""
-#ifndef BNN_XNOR_CONV_SUPPORT
-#define BNN_XNOR_CONV_SUPPORT
-#include <limits.h>
-
-/* int32 dot products buffered per chunk of images (about 32 MB) */
-#define BNN_CONV_CHUNK_INTS (1 << 23)
-
-/* Binary conv (stride 1, zero padding) + max-pool + optional threshold, as
-   im2col on packed bits + bnn_xnor_gemm + an epilogue.
-   x: (M, H, W, cw) packed pixels; w: (F, 2 kw) nibble-split filter rows, tap by tap
-   (row, column), cw words per tap, kw = the padded row length; tap_ones: (F, FH FW)
-   number of +1 weights per tap; C: channels used per pixel.
-   The GEMM sees every tap, padded taps as all-zero words (-1), over K' = FH FW 64 cw
-   bits with zero padding bits in both operands, and returns s' = K' - 2 popcount.
-   Lasagne's zero padding contributes 0, so the true sum is
-   s = s' - K' + valid C + 2 * (sum of tap_ones over the padded taps).
-   out_int: (M, HP, WP, F) max-pooled s; or out_bits: (M, HP, WP, out_words) with bit f
-   = (s >= t_f), or (s <= t_f) where flip_f. Returns -1 when out of memory. */
-static int bnn_xnor_conv(const uint64_t* x, npy_intp M, npy_intp H, npy_intp W, npy_intp cw,
-                         const uint64_t* w, npy_intp kw, const int32_t* tap_ones, npy_intp F,
-                         npy_intp FH, npy_intp FW, npy_intp C, npy_intp pad, npy_intp pool,
-                         int32_t* out_int, uint64_t* out_bits, npy_intp out_words,
-                         const int32_t* thresholds, const int8_t* flip)
-{
-    const npy_intp HO = H + 2 * pad - FH + 1, WO = W + 2 * pad - FW + 1;
-    const npy_intp HP = HO / pool, WP = WO / pool, taps = FH * FW;
-    const npy_intp k_seen = taps * 64 * cw;
-    npy_intp chunk = BNN_CONV_CHUNK_INTS / (HO * WO * F);
-    chunk = chunk < 1 ? 1 : (chunk > M ? M : chunk);
-    uint64_t* rows = (uint64_t*)malloc(sizeof(uint64_t) * chunk * HO * WO * kw);
-    int32_t* s = (int32_t*)malloc(sizeof(int32_t) * chunk * HO * WO * F);
-    int failed = !rows || !s;
-    for (npy_intp m0 = 0; m0 < M && !failed; m0 += chunk) {
-        const npy_intp mc = m0 + chunk < M ? chunk : M - m0;
-        const npy_intp n_rows = mc * HO * WO;
-        #pragma omp parallel for schedule(static)
-        for (npy_intp r = 0; r < n_rows; ++r) {
-            const npy_intp m = m0 + r / (HO * WO), y = (r / WO) % HO, xx = r % WO;
-            uint64_t* dst = rows + r * kw;
-            for (npy_intp i = 0; i < FH; ++i)
-                for (npy_intp j = 0; j < FW; ++j, dst += cw) {
-                    const npy_intp iy = y + i - pad, ix = xx + j - pad;
-                    if (iy < 0 || iy >= H || ix < 0 || ix >= W)
-                        memset(dst, 0, sizeof(uint64_t) * cw);
-                    else
-                        memcpy(dst, x + ((m * H + iy) * W + ix) * cw, sizeof(uint64_t) * cw);
-                }
-            memset(dst, 0, sizeof(uint64_t) * (kw - taps * cw));
-        }
-        if (bnn_xnor_gemm(rows, NULL, w, n_rows, F, kw, k_seen, s, NULL, 0, NULL, NULL) != 0) {
-            failed = 1;
-            break;
-        }
-        #pragma omp parallel
-        {
-            int64_t* best = (int64_t*)malloc(sizeof(int64_t) * F);
-            int64_t* fix = (int64_t*)malloc(sizeof(int64_t) * F);
-            if (!best || !fix) {
-                #pragma omp atomic write
-                failed = 1;
-            }
-            #pragma omp for schedule(static)
-            for (npy_intp p = 0; p < mc * HP * WP; ++p) {
-                if (!best || !fix)
-                    continue;
-                const npy_intp m = p / (HP * WP), yp = (p / WP) % HP, xp = p % WP;
-                for (npy_intp f = 0; f < F; ++f)
-                    best[f] = INT64_MIN;
-                for (npy_intp py = 0; py < pool; ++py)
-                    for (npy_intp px = 0; px < pool; ++px) {
-                        const npy_intp y = yp * pool + py, xx = xp * pool + px;
-                        npy_intp valid = 0;
-                        for (npy_intp f = 0; f < F; ++f)
-                            fix[f] = 0;
-                        for (npy_intp i = 0; i < FH; ++i)
-                            for (npy_intp j = 0; j < FW; ++j) {
-                                const npy_intp iy = y + i - pad, ix = xx + j - pad;
-                                if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
-                                    ++valid;
-                                    continue;
-                                }
-                                for (npy_intp f = 0; f < F; ++f)
-                                    fix[f] += 2 * (int64_t)tap_ones[f * taps + i * FW + j];
-                            }
-                        const int64_t base = (int64_t)valid * C - k_seen;
-                        const int32_t* row = s + ((m * HO + y) * WO + xx) * F;
-                        for (npy_intp f = 0; f < F; ++f) {
-                            const int64_t v = row[f] + base + fix[f];
-                            if (v > best[f])
-                                best[f] = v;
-                        }
-                    }
-                const npy_intp pixel = ((m0 + m) * HP + yp) * WP + xp;
-                if (out_int) {
-                    for (npy_intp f = 0; f < F; ++f)
-                        out_int[pixel * F + f] = (int32_t)best[f];
-                } else {
-                    uint64_t* dst = out_bits + pixel * out_words;
-                    memset(dst, 0, sizeof(uint64_t) * out_words);
-                    for (npy_intp f = 0; f < F; ++f) {
-                        const int on = flip[f] ? best[f] <= thresholds[f]
-                                               : best[f] >= thresholds[f];
-                        dst[f / 64] |= (uint64_t)on << (f % 64);
-                    }
-                }
-            }
-            free(best);
-            free(fix);
-        }
-    }
-    free(rows);
-    free(s);
-    return failed ? -1 : 0;
-}
-#endif
-"""
 
 
 def _tensor4(var, dtype, what):
@@ -252,7 +136,7 @@ def _tensor4(var, dtype, what):
     return var
 
 
-class XnorConv(xc._XnorCOp):
+class XnorConv(xc.XnorCOp):
     """Binary conv layer on packed bits: XNOR + popcount, max-pool, threshold (C, OpenMP).
 
     Im2col on the packed pixels, the XNOR GEMM of
@@ -278,20 +162,20 @@ class XnorConv(xc._XnorCOp):
         super().__init__()
 
     def c_support_code(self, **kwargs):
-        return super().c_support_code(**kwargs) + _CONV_SUPPORT_CODE
+        return super().c_support_code(**kwargs) + c_source("xnor_conv.h")
 
     def make_node(self, x, w, tap_ones, geometry, thresholds=None, flip=None):
         x = _tensor4(x, "uint64", "x")
         geometry = T.as_tensor_variable(geometry)
         if geometry.ndim != 1 or geometry.dtype != "int64":
             raise TypeError(f"geometry must be an int64 vector, got {geometry.type}")
-        inputs = [x, xc._matrix(w, "uint64", "w"), xc._matrix(tap_ones, "int32", "tap_ones"),
+        inputs = [x, xc.matrix_input(w, "uint64", "w"), xc.matrix_input(tap_ones, "int32", "tap_ones"),
                   geometry]
         if self.output_kind == "bits":
             if thresholds is None or flip is None:
                 raise TypeError("'bits' output needs thresholds and flip")
-            inputs += [xc._vector(thresholds, "int32", "thresholds"),
-                       xc._vector(flip, "int8", "flip")]
+            inputs += [xc.vector_input(thresholds, "int32", "thresholds"),
+                       xc.vector_input(flip, "int8", "flip")]
         dtype = "int32" if self.output_kind == "int" else "uint64"
         return Apply(self, inputs, [T.TensorType(dtype, (False,) * 4)()])
 
@@ -317,94 +201,8 @@ class XnorConv(xc._XnorCOp):
         bits_out = 1 if self.output_kind == "bits" else 0
         thresholds, flip = (inputs[4], inputs[5]) if bits_out else ("NULL", "NULL")
         (z,) = outputs
-        fail = sub["fail"]
-        thr_check = ""
-        if bits_out:
-            thr_check = f"""
-            if (PyArray_DIMS({thresholds})[0] != F || PyArray_DIMS({flip})[0] != F) {{
-                PyErr_Format(PyExc_ValueError, "XnorConv: %ld filters but %ld thresholds and "
-                             "%ld flip flags", (long)F, (long)PyArray_DIMS({thresholds})[0],
-                             (long)PyArray_DIMS({flip})[0]);
-                {fail}
-            }}"""
-        return f"""
-        {{
-            const int bits_out = {bits_out};
-            if (PyArray_DIMS({geometry})[0] != 5) {{
-                PyErr_SetString(PyExc_ValueError,
-                                "XnorConv: geometry must be [channels, pad, pool, fh, fw]");
-                {fail}
-            }}
-            PyArrayObject* g_c = PyArray_GETCONTIGUOUS({geometry});
-            if (!g_c) {{ {fail} }}
-            const npy_int64* g = (const npy_int64*)PyArray_DATA(g_c);
-            const npy_intp C = (npy_intp)g[0], pad = (npy_intp)g[1], pool = (npy_intp)g[2];
-            const npy_intp FH = (npy_intp)g[3], FW = (npy_intp)g[4];
-            Py_DECREF(g_c);
-            const npy_intp M = PyArray_DIMS({x})[0], H = PyArray_DIMS({x})[1];
-            const npy_intp W = PyArray_DIMS({x})[2], cw = PyArray_DIMS({x})[3];
-            const npy_intp F = PyArray_DIMS({w})[0];
-            if (C < 1 || C > 64 * cw || pad < 0 || pool < 1 || FH < 1 || FW < 1 || F < 1) {{
-                PyErr_Format(PyExc_ValueError, "XnorConv: bad geometry: %ld channels in %ld "
-                             "words, pad %ld, pool %ld, %ld filters of %ldx%ld", (long)C,
-                             (long)cw, (long)pad, (long)pool, (long)F, (long)FH, (long)FW);
-                {fail}
-            }}
-            const npy_intp kw = ((FH * FW * cw * 64 + 255) / 256) * 4;
-            if (PyArray_DIMS({w})[1] != 2 * kw) {{
-                PyErr_Format(PyExc_ValueError, "XnorConv: filter rows have %ld words, %ldx%ld "
-                             "taps of %ld words need %ld", (long)PyArray_DIMS({w})[1],
-                             (long)FH, (long)FW, (long)cw, (long)(2 * kw));
-                {fail}
-            }}
-            if (PyArray_DIMS({tap_ones})[0] != F || PyArray_DIMS({tap_ones})[1] != FH * FW) {{
-                PyErr_SetString(PyExc_ValueError, "XnorConv: tap_ones must have shape (filters, fh * fw)");
-                {fail}
-            }}
-            const npy_intp HP = (H + 2 * pad - FH + 1) / pool, WP = (W + 2 * pad - FW + 1) / pool;
-            if (H + 2 * pad - FH + 1 < 1 || W + 2 * pad - FW + 1 < 1 || HP < 1 || WP < 1) {{
-                PyErr_Format(PyExc_ValueError, "XnorConv: %ldx%ld input, pad %ld, %ldx%ld "
-                             "filters and pool %ld leave no output", (long)H, (long)W,
-                             (long)pad, (long)FH, (long)FW, (long)pool);
-                {fail}
-            }}
-            {thr_check}
-            const npy_intp out_words = (F + 63) / 64;
-            npy_intp out_dims[4] = {{M, HP, WP, bits_out ? out_words : F}};
-            const int out_type = bits_out ? NPY_UINT64 : NPY_INT32;
-            if ({z} == NULL || PyArray_NDIM({z}) != 4 || PyArray_DIMS({z})[0] != out_dims[0]
-                || PyArray_DIMS({z})[1] != out_dims[1] || PyArray_DIMS({z})[2] != out_dims[2]
-                || PyArray_DIMS({z})[3] != out_dims[3] || !PyArray_IS_C_CONTIGUOUS({z})) {{
-                Py_XDECREF({z});
-                {z} = (PyArrayObject*)PyArray_EMPTY(4, out_dims, out_type, 0);
-                if (!{z}) {{ {fail} }}
-            }}
-            PyArrayObject* x_c = PyArray_GETCONTIGUOUS({x});
-            PyArrayObject* w_c = PyArray_GETCONTIGUOUS({w});
-            PyArrayObject* o_c = PyArray_GETCONTIGUOUS({tap_ones});
-            PyArrayObject* t_c = bits_out ? PyArray_GETCONTIGUOUS((PyArrayObject*){thresholds}) : NULL;
-            PyArrayObject* f_c = bits_out ? PyArray_GETCONTIGUOUS((PyArrayObject*){flip}) : NULL;
-            int ok = x_c && w_c && o_c && (!bits_out || (t_c && f_c));
-            if (ok && M > 0) {{
-                if (bnn_xnor_conv((const uint64_t*)PyArray_DATA(x_c), M, H, W, cw,
-                                  (const uint64_t*)PyArray_DATA(w_c), kw,
-                                  (const int32_t*)PyArray_DATA(o_c), F, FH, FW, C, pad, pool,
-                                  bits_out ? NULL : (int32_t*)PyArray_DATA({z}),
-                                  bits_out ? (uint64_t*)PyArray_DATA({z}) : NULL, out_words,
-                                  bits_out ? (const int32_t*)PyArray_DATA(t_c) : NULL,
-                                  bits_out ? (const int8_t*)PyArray_DATA(f_c) : NULL) != 0) {{
-                    ok = 0;
-                    PyErr_NoMemory();
-                }}
-            }}
-            Py_XDECREF(x_c);
-            Py_XDECREF(w_c);
-            Py_XDECREF(o_c);
-            Py_XDECREF(t_c);
-            Py_XDECREF(f_c);
-            if (!ok) {{ {fail} }}
-        }}
-        """
+        return (f"if (bnn_xnor_conv_op({bits_out}, {x}, {w}, {tap_ones}, {geometry}, "
+                f"{thresholds}, {flip}, &{z}) != 0) {{ {sub['fail']} }}")
 
 
 def _check_conv_shapes(x_shape, w_shape, channels, pad, pool):
@@ -428,7 +226,7 @@ def conv_gemm_weights(w_bits):
     F, fh, fw, words = w_bits.shape
     rows = np.zeros((F, xc.packed_words(fh * fw * words * WORD_BITS)), dtype=np.uint64)
     rows[:, :fh * fw * words] = w_bits.reshape(F, -1)
-    tap_ones = xc._popcount_words(w_bits.reshape(F, fh * fw, words)).astype(np.int32)
+    tap_ones = xc.popcount_words(w_bits.reshape(F, fh * fw, words)).astype(np.int32)
     return xc.xnor_weights(rows), tap_ones
 
 
@@ -447,7 +245,7 @@ def xnor_conv(x, w_bits, channels, pad, pool=1, thresholds=None, flip=None):
     return XnorConv("bits")(*inputs, thresholds, flip)
 
 
-class SignPackNCHW(xc._XnorCOp):
+class SignPackNCHW(xc.XnorCOp):
     """First-layer epilogue: float32 (M, C, H, W) pre-activations to packed sign bits.
 
     Bit ``c`` of pixel (m, y, x) is ``((v + b) - mean) * scale + beta >= 0``
@@ -459,9 +257,12 @@ class SignPackNCHW(xc._XnorCOp):
 
     __props__ = ()
 
+    def c_support_code(self, **kwargs):
+        return super().c_support_code(**kwargs) + c_source("xnor_conv.h")
+
     def make_node(self, pre, b, mean, scale, beta):
         pre = _tensor4(pre, "float32", "pre")
-        vectors = [xc._vector(v, "float32", name)
+        vectors = [xc.vector_input(v, "float32", name)
                    for v, name in ((b, "b"), (mean, "mean"), (scale, "scale"), (beta, "beta"))]
         return Apply(self, [pre] + vectors, [T.TensorType("uint64", (False,) * 4)()])
 
@@ -476,54 +277,8 @@ class SignPackNCHW(xc._XnorCOp):
     def c_code(self, node, name, inputs, outputs, sub):
         pre, b, mean, scale, beta = inputs
         (z,) = outputs
-        fail = sub["fail"]
-        return f"""
-        {{
-            const npy_intp M = PyArray_DIMS({pre})[0], C = PyArray_DIMS({pre})[1];
-            const npy_intp H = PyArray_DIMS({pre})[2], W = PyArray_DIMS({pre})[3];
-            if (PyArray_DIMS({b})[0] != C || PyArray_DIMS({mean})[0] != C
-                || PyArray_DIMS({scale})[0] != C || PyArray_DIMS({beta})[0] != C || C < 1) {{
-                PyErr_Format(PyExc_ValueError, "SignPackNCHW: %ld channels but BatchNorm "
-                             "vectors of other lengths", (long)C);
-                {fail}
-            }}
-            const npy_intp words = ((C + 255) / 256) * 4;
-            npy_intp dims[4] = {{M, H, W, words}};
-            Py_XDECREF({z});
-            {z} = (PyArrayObject*)PyArray_ZEROS(4, dims, NPY_UINT64, 0);
-            if (!{z}) {{ {fail} }}
-            PyArrayObject* p_c = PyArray_GETCONTIGUOUS({pre});
-            PyArrayObject* v_c[4] = {{PyArray_GETCONTIGUOUS({b}), PyArray_GETCONTIGUOUS({mean}),
-                                     PyArray_GETCONTIGUOUS({scale}), PyArray_GETCONTIGUOUS({beta})}};
-            int ok = p_c && v_c[0] && v_c[1] && v_c[2] && v_c[3];
-            if (ok) {{
-                const float* P = (const float*)PyArray_DATA(p_c);
-                const float* vb = (const float*)PyArray_DATA(v_c[0]);
-                const float* vm = (const float*)PyArray_DATA(v_c[1]);
-                const float* vs = (const float*)PyArray_DATA(v_c[2]);
-                const float* vt = (const float*)PyArray_DATA(v_c[3]);
-                uint64_t* out = (uint64_t*)PyArray_DATA({z});
-                #pragma omp parallel for schedule(static) if (M * C * H * W > 65536)
-                for (npy_intp row = 0; row < M * H; ++row) {{
-                    const npy_intp m = row / H, y = row % H;
-                    uint64_t* dst = out + row * W * words;
-                    for (npy_intp c = 0; c < C; ++c) {{
-                        const float* src = P + ((m * C + c) * H + y) * W;
-                        const uint64_t bit = (uint64_t)1 << (c % 64);
-                        for (npy_intp x = 0; x < W; ++x) {{
-                            const float h = ((src[x] + vb[c]) - vm[c]) * vs[c] + vt[c];
-                            if (h >= 0.0f)
-                                dst[x * words + c / 64] |= bit;
-                        }}
-                    }}
-                }}
-            }}
-            Py_XDECREF(p_c);
-            for (int i = 0; i < 4; ++i)
-                Py_XDECREF(v_c[i]);
-            if (!ok) {{ {fail} }}
-        }}
-        """
+        return (f"if (bnn_sign_pack_nchw_op({pre}, {b}, {mean}, {scale}, {beta}, &{z}) != 0) "
+                f"{{ {sub['fail']} }}")
 
 
 # ----------------------------------------------------------------------------
@@ -639,7 +394,7 @@ def _build_xnor(layers):
                 flat = T.concatenate([flat, T.zeros((h.shape[0], extra), dtype="uint64")], axis=1)
             h, spatial = flat, False
         else:
-            w_split = xc.xnor_weights(xc._padded_bits(layer.weight_bits, layer.n_in))
+            w_split = xc.xnor_weights(xc.padded_bits(layer.weight_bits, layer.n_in))
             k_seen, shift = layer.n_in, 0
         w_split = theano.shared(w_split)
         if layer.role == "output":

@@ -20,6 +20,8 @@ This package imports with plain numpy (no Theano, no pycuda)::
 
 Commands: ``python -m kernels.benchmark`` (kernel benchmark, JSON + Markdown) and
 ``python -m kernels.selfcheck`` (every kernel against the numpy reference).
+:mod:`kernels.cublas` wraps cuBLAS through CuPy (SGEMM, FP16/INT8 ``gemmEx``) for the
+comparisons of ``kernels.benchmark`` and ``benchmarks/gpu_runtime.py``.
 """
 import os
 

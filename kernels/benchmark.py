@@ -38,6 +38,8 @@ import sys
 
 import numpy as np
 
+from .cublas import Cublas, padded
+
 DEFAULT_SIZES = ("8192x8192x8192", "4096x4096x4096", "10000x784x4096", "10000x4096x4096",
                  "10000x4096x10", "1000x1001x999", "1x784x4096", "16x784x4096", "100x784x4096",
                  "1x4096x4096", "16x4096x4096", "100x4096x4096")
@@ -45,14 +47,6 @@ DEFAULT_OUTPUT = os.path.join("benchmarks", "results", "kernels_gpu.json")
 TARGETS = {"xnor_vs_baseline": 23.0, "xnor_vs_sgemm": 3.4, "packing_share": 0.10,
            "xnor_tc_tops": 5000.0}
 TARGET_SIZE = (8192, 8192, 8192)
-PAD = 8  # INT8 tensor-core GEMMs want dimensions and leading dimensions in multiples of 4
-
-# cudaDataType_t and cublasComputeType_t values (cuda/library_types.h, cublas_api.h)
-CUDA_R_32F, CUDA_R_16F, CUDA_R_8I, CUDA_R_32I = 0, 2, 3, 10
-CUBLAS_COMPUTE_32F, CUBLAS_COMPUTE_32I = 68, 72
-CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
-CUBLAS_GEMM_DEFAULT = -1
-CUBLAS_DEFAULT_MATH = 0
 
 
 def parse_sizes(text):
@@ -69,11 +63,6 @@ def parse_sizes(text):
     if not sizes:
         raise ValueError("--sizes: no sizes given")
     return sizes
-
-
-def padded(n, multiple=PAD):
-    """``n`` rounded up to a multiple of ``multiple``."""
-    return -(-n // multiple) * multiple
 
 
 def summary(times_ms):
@@ -150,58 +139,6 @@ def markdown_table(rows):
             f"{_fmt(r.get('xnor_tc_vs_int8'), 'x')}"
             f" | {exact} |")
     return "\n".join(lines) + "\n\nTimes in ms (CUDA events, median); ratios are speed-ups."
-
-
-class _Cublas:
-    """cuBLAS through CuPy: SGEMM (TF32 off), FP16 and INT8 ``gemmEx``."""
-
-    def __init__(self):
-        import cupy
-        try:
-            from cupy_backends.cuda.libs import cublas
-        except ImportError:
-            from cupy.cuda import cublas
-        self.cupy, self.cublas = cupy, cublas
-        self.handle = cupy.cuda.device.get_cublas_handle()
-        cublas.setMathMode(self.handle, CUBLAS_DEFAULT_MATH)
-        try:
-            self.math_mode = cublas.getMathMode(self.handle)
-        except AttributeError:
-            self.math_mode = CUBLAS_DEFAULT_MATH
-        self._one_f = np.array(1, np.float32)
-        self._zero_f = np.array(0, np.float32)
-        self._one_i = np.array(1, np.int32)
-        self._zero_i = np.array(0, np.int32)
-
-    def event(self):
-        return self.cupy.cuda.Event()
-
-    @staticmethod
-    def elapsed(start, end):
-        import cupy
-        return cupy.cuda.get_elapsed_time(start, end)
-
-    def sgemm_call(self, a, b, c):
-        """Row-major c (M, N) = a (M, K) @ b (K, N): column-major c^T = b^T a^T."""
-        M, K = a.shape
-        N = b.shape[1]
-        return lambda: self.cublas.sgemm(
-            self.handle, CUBLAS_OP_N, CUBLAS_OP_N, N, M, K, self._one_f.ctypes.data,
-            b.data.ptr, N, a.data.ptr, K, self._zero_f.ctypes.data, c.data.ptr, N)
-
-    def gemm_ex_call(self, a, bt, c, kind):
-        """Row-major c (M, N) = a (M, K) @ bt (N, K)^T with ``gemmEx`` ("TN" layout)."""
-        M, K = a.shape
-        N = bt.shape[0]
-        if kind == "int8":
-            types = (CUDA_R_8I, CUDA_R_32I, CUBLAS_COMPUTE_32I, self._one_i, self._zero_i)
-        else:
-            types = (CUDA_R_16F, CUDA_R_32F, CUBLAS_COMPUTE_32F, self._one_f, self._zero_f)
-        in_type, out_type, compute, one, zero = types
-        return lambda: self.cublas.gemmEx(
-            self.handle, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, one.ctypes.data,
-            bt.data.ptr, in_type, K, a.data.ptr, in_type, K, zero.ctypes.data,
-            c.data.ptr, out_type, N, compute, CUBLAS_GEMM_DEFAULT)
 
 
 def bench_size(gpu, cublas, size, repeats, rng, notes):
@@ -366,7 +303,7 @@ def main(argv=None):
         notes.append("cuBLAS columns skipped (--no-cublas)")
     else:
         try:
-            cublas = _Cublas()
+            cublas = Cublas()
         except Exception as error:  # noqa: BLE001  (CuPy missing or broken)
             notes.append(f"cuBLAS columns skipped: CuPy unavailable "
                          f"({' '.join(str(error).split())})")

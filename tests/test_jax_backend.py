@@ -316,11 +316,11 @@ def test_trainer_runs_the_same_schedule_on_both_backends(tmp_path):
     rows_t, rows_j = _rows(tmp_path / "t" / "log.jsonl"), _rows(tmp_path / "j" / "log.jsonl")
     assert len(rows_j) == 3
     for row_t, row_j in zip(rows_t, rows_j):
-        for key in ("epoch", "lr", "valid_error", "test_error", "best_epoch"):
+        for key in ("epoch", "lr", "valid_error_percent", "test_error_percent", "best_epoch"):
             assert row_j[key] == row_t[key], key
         for key in ("train_loss", "valid_loss"):
             assert row_j[key] == pytest.approx(row_t[key], rel=1e-4)
-    assert result_j["test_error"] == result_t["test_error"]
+    assert result_j["test_error_percent"] == result_t["test_error_percent"]
     # checkpoint and best parameters hold the device values, in Theano's layout
     with np.load(tmp_path / "j" / "checkpoint.npz") as saved:
         params = lasagne.layers.get_all_params(trainer_j.network)

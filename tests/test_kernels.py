@@ -457,3 +457,84 @@ def test_gpu_arrays_stay_on_device(gpu):
 def test_gpu_selfcheck_command(gpu):
     from kernels import selfcheck
     assert selfcheck.main(["--backend", "cuda"]) == 0
+
+
+# ----------------------------------------------------------------------------- issue 11
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: ref.xnor_gemm(np.zeros((2, 2), np.uint32), np.zeros((2, 3), np.uint32), 65),
+     ValueError, r"xnor_gemm: the operands have 2 words per vector but k=65 needs 3"),
+    (lambda: ref.xnor_gemm(np.zeros((2, 2), np.uint32), np.zeros((2, 3), np.uint32), 32),
+     ValueError, r"xnor_gemm: the operands have 2 words per vector but k=32 needs 1"),
+    (lambda: ref.xnor_gemm(np.zeros((2, 2), np.uint32), np.zeros((3, 3), np.uint32), 64),
+     ValueError, r"xnor_gemm: a_words has 2 words per row but b_words has 3 words per column"),
+    (lambda: ref.xnor_gemm(np.zeros((2, 2), np.uint32), np.zeros((2, 3), np.uint32), 0),
+     ValueError, r"xnor_gemm: k=0 must be >= 1"),
+    (lambda: ref.xnor_gemm(np.zeros((2, 2), np.uint32), np.zeros((2, 3), np.uint32), 64.0),
+     TypeError, r"xnor_gemm: k must be an integer, got float"),
+    (lambda: ref.xnor_gemm(np.zeros((2, 2), np.float32), np.zeros((2, 3), np.uint32), 64),
+     TypeError, r"xnor_gemm: a_words must be uint32 words, got float32"),
+    (lambda: ref.xnor_gemm(np.zeros(2, np.uint32), np.zeros((2, 3), np.uint32), 64),
+     ValueError, r"xnor_gemm: a_words must be a 2-D array, got shape \(2,\)"),
+    (lambda: ref.tc_gemm(np.zeros((2, 16), np.uint32), np.zeros(2), np.zeros((3, 16), np.uint32),
+                         np.zeros(3), 600),
+     ValueError, r"tc_gemm: a_words has 16 words per row but k=600 needs 32"),
+    (lambda: ref.tc_gemm(np.zeros((2, 16), np.uint32), np.zeros(3), np.zeros((3, 16), np.uint32),
+                         np.zeros(3), 500),
+     ValueError, r"tc_gemm: a_counts must have shape \(2,\), got \(3,\)"),
+    (lambda: ref.tc_planes_gemm(np.zeros((7, 16), np.uint32), np.zeros(1),
+                                np.zeros((3, 16), np.uint32)),
+     ValueError, r"tc_planes_gemm: planes has 7 rows, not 8 per image"),
+    (lambda: ref.and_counts(np.zeros((2, 16), np.uint32), np.zeros((3, 32), np.uint32)),
+     ValueError, r"and_counts: a_words has 16 words per row but b_words has 32"),
+    (lambda: ref.baseline_gemm(np.zeros((2, 3)), np.zeros((4, 2))),
+     ValueError, r"baseline_gemm: a \(2, 3\) and b \(4, 2\) are not \(M, K\) and \(K, N\)"),
+])
+def test_module_level_reference_checks_its_arguments(call, error, message):
+    with pytest.raises(error, match="^" + message) as info:
+        call()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("k", [1, 31, 33, 100, 1025])
+def test_reference_xnor_gemm_with_noncontiguous_words_and_padding_bits(k):
+    rng = np.random.RandomState(k)
+    a = rng.choice([-1., 1.], (7, k)).astype(np.float32)
+    b = rng.choice([-1., 1.], (k, 5)).astype(np.float32)
+    a_words, b_words = ref.pack_rows(a), ref.pack_cols(b)
+    expected = (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+    # every other row of a doubled matrix and a Fortran-ordered b: not C-contiguous
+    doubled = np.repeat(a_words, 2, axis=0)[::2]
+    assert not doubled.flags.c_contiguous
+    np.testing.assert_array_equal(ref.xnor_gemm(doubled, np.asfortranarray(b_words), k),
+                                  expected)
+    # the XOR-popcount definition, word by word (independent of and_counts)
+    xor = ref.popcount(a_words[:, :, None] ^ b_words[None, :, :]).sum(axis=1)
+    np.testing.assert_array_equal(k - 2 * xor, expected)
+    # tensor-core form: the same product from AND counts
+    aw, ac = ref.pack_tc_rows(a)
+    bw, bc = ref.pack_tc_cols(b)
+    np.testing.assert_array_equal(ref.tc_gemm(aw, ac, bw, bc, k), expected)
+
+
+def test_reference_backend_accepts_noncontiguous_numpy_arrays():
+    backend = kernels.get_backend("reference")
+    rng = np.random.RandomState(3)
+    a = rng.randn(9, 70).astype(np.float32)
+    b = rng.randn(70, 6).astype(np.float32)
+    expected = backend.xnor_gemm(a, b)
+    a_view = np.asfortranarray(a)
+    b_view = np.repeat(b, 2, axis=1)[:, ::2]
+    assert not a_view.flags.c_contiguous and not b_view.flags.c_contiguous
+    np.testing.assert_array_equal(backend.xnor_gemm(a_view, b_view), expected)
+    np.testing.assert_array_equal(backend.pack_rows(a_view), ref.pack_rows(a))
+    np.testing.assert_array_equal(backend.baseline_gemm(a_view, b_view), ref.baseline_gemm(a, b))
+    s = expected[:, ::2]
+    bn = np.ones((4, s.shape[1]), np.float32)
+    np.testing.assert_array_equal(backend.bn_sign_pack(s, bn),
+                                  ref.bn_sign_pack(np.ascontiguousarray(s), bn))
+    words = backend.tc_pack(a_view)
+    np.testing.assert_array_equal(words.words, ref.pack_tc_rows(a)[0])
+    # out= of any strides is written through
+    out = np.zeros((6, 9), np.int32).T
+    assert backend.xnor_gemm(a, b, out=out) is out
+    np.testing.assert_array_equal(out, expected)

@@ -12,14 +12,19 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def write_run(root, name, dataset="mnist", test_error=1.23, best_valid_error=1.11,
-              best_epoch=3, epochs=4, log=True, **extra):
-    """Write a fake run directory and return its path."""
+              best_epoch=3, epochs=4, log=True, old_names=False, **extra):
+    """Write a fake run directory and return its path.
+
+    ``old_names``: the key names of files written before the percent units were
+    named (``test_error`` for ``test_error_percent``, ...).
+    """
     run_dir = root / name
     run_dir.mkdir(parents=True)
+    suffix = "" if old_names else "_percent"
     result = {
         "dataset": dataset,
-        "test_error": test_error,
-        "best_valid_error": best_valid_error,
+        "test_error" + suffix: test_error,
+        "best_valid_error" + suffix: best_valid_error,
         "best_epoch": best_epoch,
         "epochs": epochs,
         "epochs_run": epochs,
@@ -43,8 +48,9 @@ def write_run(root, name, dataset="mnist", test_error=1.23, best_valid_error=1.1
             lines.append(json.dumps({
                 "epoch": epoch, "lr": 0.003 * 0.5 ** epoch,
                 "train_loss": 1.0 / epoch, "valid_loss": 0.9 / epoch,
-                "valid_error": v, "test_error": v + 0.1 if improved else None,
-                "best_valid_error": best, "seconds": 450.0}))
+                "valid_error" + suffix: v,
+                "test_error" + suffix: v + 0.1 if improved else None,
+                "best_valid_error" + suffix: best, "seconds": 450.0}))
         (run_dir / "log.jsonl").write_text("\n".join(lines) + "\n")
     return run_dir
 
@@ -131,7 +137,7 @@ def test_detail_table_values(tmp_path):
 def test_setting_names_stochastic_training_and_real_weight_evaluation(tmp_path):
     plain = report.load_result(write_run(tmp_path, "plain"))
     real = report.load_result(write_run(
-        tmp_path, "real", eval_weights="real", test_error_binary_weights=2.5,
+        tmp_path, "real", eval_weights="real", test_error_binary_weights_percent=2.5,
         config={"stochastic": True, "stochastic_activations": True, "batch_size": 100}))
     (header, rows), _ = parse_tables(report.markdown_table([plain, real]))
     settings = {r[0]: dict(zip(header, r)) for r in rows}
@@ -147,7 +153,7 @@ def test_short_run_time_in_minutes_and_optional_keys(tmp_path):
     run_dir = tmp_path / "bare"
     run_dir.mkdir()
     (run_dir / "result.json").write_text(json.dumps({
-        "dataset": "mnist", "test_error": 2.0, "best_valid_error": 1.9,
+        "dataset": "mnist", "test_error_percent": 2.0, "best_valid_error_percent": 1.9,
         "best_epoch": 2, "epochs": 5}))
     run = report.load_result(run_dir / "result.json")
     (header, rows), (dh, drows) = parse_tables(report.markdown_table([run]))
@@ -163,7 +169,7 @@ def test_load_result_accepts_dir_or_file(tmp_path):
     run_dir = write_run(tmp_path, "r")
     by_dir = report.load_result(run_dir)
     by_file = report.load_result(str(run_dir / "result.json"))
-    assert by_dir["test_error"] == by_file["test_error"] == 1.23
+    assert by_dir["test_error_percent"] == by_file["test_error_percent"] == 1.23
     assert by_dir["some_future_key"] == [1, 2, 3]
     assert by_dir["_run_dir"] == os.path.abspath(run_dir)
 
@@ -194,11 +200,42 @@ def test_load_log(tmp_path):
     run_dir = write_run(tmp_path, "r")
     entries = report.load_log(run_dir)
     assert [e["epoch"] for e in entries] == [1, 2, 3, 4]
-    assert entries[3]["test_error"] is None
+    assert entries[3]["test_error_percent"] is None
     with open(run_dir / "log.jsonl", "a") as handle:
         handle.write("\n{broken\n")
     with pytest.raises(ValueError, match=r"log\.jsonl:6: invalid JSON"):
         report.load_log(run_dir / "log.jsonl")
+
+
+def test_files_with_the_old_key_names_read_the_same(tmp_path):
+    new = write_run(tmp_path, "new")
+    old = write_run(tmp_path, "old", old_names=True)
+    def strip(run):
+        return {k: v for k, v in run.items() if k not in ("_path", "_run_dir")}
+
+    assert strip(report.load_result(old)) == strip(report.load_result(new))
+    assert report.load_log(old) == report.load_log(new)
+    (_, rows_new), _ = parse_tables(report.markdown_table([report.load_result(new)]))
+    (_, rows_old), _ = parse_tables(report.markdown_table([report.load_result(old)]))
+    assert rows_new == rows_old
+    # a file with both names: the _percent one wins
+    both = report.with_percent_keys({"test_error": 9.0, "test_error_percent": 1.0, "x": 2})
+    assert both == {"test_error_percent": 1.0, "x": 2}
+    with pytest.raises(ValueError, match="test_error_percent"):
+        report.load_result(write_run(tmp_path, "none", old_names=True, test_error=None))
+
+
+def test_committed_results_still_load():
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
+    runs = [os.path.join(root, d) for d in sorted(os.listdir(root))
+            if os.path.isfile(os.path.join(root, d, "result.json"))] if os.path.isdir(root) else []
+    if not runs:
+        pytest.skip("no committed results here")
+    for run in runs:
+        result = report.load_result(run)
+        assert 0 <= result["test_error_percent"] <= 100
+        entries = report.load_log(run)
+        assert all("valid_error_percent" in e for e in entries)
 
 
 def check_png(path):
@@ -222,8 +259,8 @@ def test_plot_curves_zero_error_and_empty_log(tmp_path):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     (run_dir / "log.jsonl").write_text(
-        json.dumps({"epoch": 1, "valid_error": 50.0, "test_error": 49.0}) + "\n"
-        + json.dumps({"epoch": 2, "valid_error": 0.0, "test_error": 0.0}) + "\n")
+        json.dumps({"epoch": 1, "valid_error_percent": 50.0, "test_error_percent": 49.0}) + "\n"
+        + json.dumps({"epoch": 2, "valid_error_percent": 0.0, "test_error_percent": 0.0}) + "\n")
     # A 0 % error cannot go on a log axis; the plot must still be drawn.
     check_png(report.plot_curves(run_dir / "log.jsonl", tmp_path / "z.png"))
     (run_dir / "log.jsonl").write_text("\n")
@@ -462,12 +499,8 @@ def test_percent_keys_and_options_in_labels(tmp_path):
                                                "batchnorm": "shift",
                                                "optimizer": "shift-adamax",
                                                "stochastic": True})
-    data = json.loads((run_dir / "result.json").read_text())
-    data["test_error_percent"] = data.pop("test_error")
-    data["best_valid_error_percent"] = data.pop("best_valid_error")
-    (run_dir / "result.json").write_text(json.dumps(data))
     run = report.load_result(run_dir)
-    assert (run["test_error"], run["best_valid_error"]) == (1.23, 1.11)
+    assert (run["test_error_percent"], run["best_valid_error_percent"]) == (1.23, 1.11)
     assert report.run_label(run) == (
         "this project: MNIST MLP 2x512, 4/4 epochs, shift-based BN, shift-based AdaMax, "
         "stochastic binarization")

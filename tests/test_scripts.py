@@ -36,7 +36,8 @@ from binary_net import cli, datasets
 
 SMALL_RUN = ["--epochs", "1", "--batch-size", "10", "--train-size", "50", "--valid-size", "20",
              "--test-size", "20", "--no-progress", "--seed", "3"]
-RESULT_KEYS = {"test_error", "best_valid_error", "best_epoch", "epochs", "seconds"}
+RESULT_KEYS = {"test_error_percent", "best_valid_error_percent", "best_epoch", "epochs",
+               "seconds"}
 OUTPUT_FILES = ("result.json", "log.jsonl", "best_params.npz", "checkpoint.npz", "config.json")
 
 
@@ -61,7 +62,8 @@ def check_outputs(out_dir, epochs=1):
     result = json.loads((out_dir / "result.json").read_text())
     assert RESULT_KEYS <= set(result)
     assert result["epochs"] == epochs and result["best_epoch"] == 1
-    assert 0. <= result["test_error"] <= 100. and 0. <= result["best_valid_error"] <= 100.
+    assert 0. <= result["test_error_percent"] <= 100.
+    assert 0. <= result["best_valid_error_percent"] <= 100.
     assert result["seconds"] >= 0.
     rows = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == list(range(1, epochs + 1))
@@ -155,7 +157,7 @@ def test_mnist_script_end_to_end(mnist_run):
     # flags added later stay out of the config at their defaults (older
     # checkpoints resume), while the result always says how it evaluated
     assert not {"stochastic_activations", "eval_weights"} & set(config)
-    assert result["eval_weights"] == "binary" and "test_error_binary_weights" not in result
+    assert result["eval_weights"] == "binary" and "test_error_binary_weights_percent" not in result
     assert rows[0]["lr"] == pytest.approx(0.003, rel=1e-6)
     # 784 - 16 - 16 - 16 - 10, each dense layer with its BatchNorm.
     expected = []
@@ -192,7 +194,8 @@ def test_mnist_resume_after_finished_run_changes_nothing(mnist_run):
     for name, content in keep.items():
         assert (out_dir / name).read_bytes() == content, name
     result, rows, _ = check_outputs(out_dir)
-    for key in ("test_error", "best_valid_error", "best_epoch", "epochs", "epochs_run"):
+    for key in ("test_error_percent", "best_valid_error_percent", "best_epoch", "epochs",
+                "epochs_run"):
         assert result[key] == result_before[key]
     assert len(rows) == 1
 
@@ -270,7 +273,7 @@ def test_svhn_script_end_to_end(svhn_dir, tmp_path, monkeypatch):
     assert result["dataset"] == "svhn" and config["width"] == 0.0625
     assert config["stochastic"] and config["stochastic_activations"]
     assert config["eval_weights"] == result["eval_weights"] == "real"
-    assert 0. <= result["test_error_binary_weights"] <= 100.
+    assert 0. <= result["test_error_binary_weights_percent"] <= 100.
     assert "with sign(W)" in out
     shapes = param_shapes(out_dir / "best_params.npz")
     # SVHN widths 64-64-128-128-256-256 / 16 = 4-4-8-8-16-16, dense 64.

@@ -24,8 +24,9 @@ import theano.tensor as T
 
 F32 = np.float32
 DIM = 64
-ROW_KEYS = {"epoch", "lr", "train_loss", "valid_loss", "valid_error", "test_error",
-            "best_valid_error", "best_epoch", "best_test_error", "seconds"}
+ROW_KEYS = {"epoch", "lr", "train_loss", "valid_loss", "valid_error_percent",
+            "test_error_percent", "best_valid_error_percent", "best_epoch",
+            "best_test_error_percent", "seconds"}
 
 
 def clusters(n, seed, centers_seed=0):
@@ -66,12 +67,13 @@ def learned(tmp_path_factory):
 
 def test_training_learns_separable_clusters(learned):
     result = learned["result"]
-    assert result["test_error"] < 20., result          # chance is 90 %
-    assert result["best_valid_error"] < 20.
+    assert result["test_error_percent"] < 20., result          # chance is 90 %
+    assert result["best_valid_error_percent"] < 20.
     assert result["epochs"] == 4 and result["epochs_run"] == 4
     assert 1 <= result["best_epoch"] <= 4
     saved = json.loads((learned["out"] / "result.json").read_text())
-    for key in ("test_error", "best_valid_error", "best_epoch", "epochs", "seconds"):
+    for key in ("test_error_percent", "best_valid_error_percent", "best_epoch", "epochs",
+                "seconds"):
         assert saved[key] == result[key]
     assert json.loads((learned["out"] / "config.json").read_text()) == {"run": "learn"}
     assert len(learned["messages"]) == 4 and learned["messages"][0].startswith("epoch 1/4")
@@ -92,12 +94,12 @@ def test_log_rows_and_learning_rate_schedule(learned):
     # best_* columns follow the running minimum of the validation error (<= keeps later).
     best = math.inf
     for row in rows:
-        if row["valid_error"] <= best:
-            best = row["valid_error"]
-            assert row["best_epoch"] == row["epoch"] and row["test_error"] is not None
+        if row["valid_error_percent"] <= best:
+            best = row["valid_error_percent"]
+            assert row["best_epoch"] == row["epoch"] and row["test_error_percent"] is not None
         else:
-            assert row["test_error"] is None
-        assert row["best_valid_error"] == best
+            assert row["test_error_percent"] is None
+        assert row["best_valid_error_percent"] == best
 
 
 def test_best_params_reproduce_the_reported_test_error(learned):
@@ -105,7 +107,7 @@ def test_best_params_reproduce_the_reported_test_error(learned):
     training.load_params(str(learned["out"] / "best_params.npz"), trainer.network)
     X_test, y_test = learned["splits"][2]
     loss, error = trainer.evaluate(X_test, y_test)
-    assert error == result["test_error"]
+    assert error == result["test_error_percent"]
     assert loss == pytest.approx(result["test_loss"], rel=1e-6)
     predicted = trainer.predict_fn(X_test)
     assert 100. * np.mean(predicted != y_test) == pytest.approx(error, abs=1e-9)
@@ -218,8 +220,8 @@ def test_resumed_run_equals_uninterrupted_run(resume_runs):
     assert rows_c == rows_a
     assert rows_c[0] == resume_runs["after_interrupt"]["rows"][0]
 
-    for key in ("test_error", "test_loss", "best_valid_error", "best_epoch", "epochs",
-                "epochs_run"):
+    for key in ("test_error_percent", "test_loss", "best_valid_error_percent", "best_epoch",
+                "epochs", "epochs_run"):
         assert resume_runs["result_c"][key] == resume_runs["result_a"][key], key
     with np.load(resume_runs["dir_a"] / "best_params.npz") as best_a, \
             np.load(resume_runs["dir_b"] / "best_params.npz") as best_c:
@@ -354,10 +356,10 @@ def test_real_weight_evaluation_uses_W_and_records_the_sign_figure(real_eval):
     real_scores, sign_scores = scores(X)
     assert not np.allclose(real_scores, sign_scores)
     assert result["test_error"] == pytest.approx(100. * np.mean(real_scores.argmax(1) != y))
-    assert result["test_error_binary_weights"] == pytest.approx(
+    assert result["test_error_binary_weights_percent"] == pytest.approx(
         100. * np.mean(sign_scores.argmax(1) != y))
     saved = json.loads((real_eval["out"] / "result.json").read_text())
-    assert saved["test_error_binary_weights"] == result["test_error_binary_weights"]
+    assert saved["test_error_binary_weights_percent"] == result["test_error_binary_weights_percent"]
 
 
 def test_real_weights_need_a_stochastic_layer(tmp_path):
