@@ -167,7 +167,7 @@ def _predict(argv):
         blocks, names = collect_inputs(args.inputs, model.input_shape[0])
         _check_sizes(blocks, names, model.input_shape)
         images = np.concatenate([b.reshape(b.shape[0], -1) for b in blocks])
-        runtime = model.runtime("xnor_cpu")
+        runtime = model.runtime("cpu")
     except (InputError, ModelFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
