@@ -50,13 +50,14 @@ def pixels_from_unit(X):
 def pixels_from_network_input(X):
     """uint8 pixels from network input (uint8 passes through).
 
-    ``p = rint((x + 1) * 127.5)`` clipped to 0..255: the inverse of
-    :func:`network_input` on its values; other inputs are rounded to the 8-bit grid.
+    ``p = rint((x + 1) * 127.5)``: the inverse of :func:`network_input` on its
+    values; other inputs in [-1, 1] are rounded to the 8-bit grid. ValueError
+    for values outside [-1, 1] (or NaN).
     """
     X = np.asarray(X)
     if X.dtype == np.uint8:
         return X
     X = np.asarray(X, np.float64)
-    if X.size and not np.all(np.isfinite(X)):
-        raise ValueError("network input holds non-finite values")
-    return np.clip(np.rint((X + 1.0) * (PIXEL_LEVELS / 2.0)), 0, PIXEL_LEVELS).astype(np.uint8)
+    if X.size and not np.all((X >= -1) & (X <= 1)):
+        raise ValueError("network input must lie in [-1, 1] (2 p / 255 - 1 for 8-bit pixels p)")
+    return np.rint((X + 1.0) * (PIXEL_LEVELS / 2.0)).astype(np.uint8)
