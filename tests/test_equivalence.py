@@ -107,7 +107,8 @@ def _case(arch, H, batchnorm, weights, tmp_dir):
         expected = function(inputs.network_input(pixels))
         options = fold.TrainingOptions(H, batchnorm)
         path = os.path.join(tmp_dir, f"{arch}-{H}-{batchnorm}-{weights}.bnn")
-        binary_model.export_params(params, path, options)
+        binary_model.export_params(params, path, options,
+                                   input_shape=MLP_INPUT if arch == "mlp" else CONV_INPUT)
         model = binary_model.load_model(path)
         if arch == "mlp":
             xnor = xnor_cpu.build_runtime_mlp(model.layers)
