@@ -452,6 +452,12 @@ def build_export_parser(prog="python -m binary_net.binary_model export"):
                              "(default: config.json, else 1)")
     parser.add_argument("--batchnorm", choices=BN_KINDS, default=None,
                         help="BatchNorm used in training (default: config.json, else standard)")
+    parser.add_argument("--arch", choices=("mlp", "cifar10", "svhn"), default=None,
+                        help="expected network (checked; the shapes of the parameters give "
+                             "the architecture)")
+    parser.add_argument("--width", type=float, default=None,
+                        help="ConvNets: expected width multiplier (checked; default: "
+                             "config.json, else 1.0)")
     parser.add_argument("--num-units", type=int, default=None,
                         help="MLP: expected units per hidden layer (checked)")
     parser.add_argument("--num-hidden-layers", type=int, default=None,
@@ -478,9 +484,16 @@ def run_export(args):
     """Run the export command; returns the model."""
     options = export_options(args.params, args.H, args.batchnorm)
     model = export_params(args.params, None, options, args.input_encoding)
-    if model.is_mlp and (args.num_units is not None or args.num_hidden_layers is not None):
+    if args.arch == "mlp" or (model.is_mlp and (args.num_units is not None
+                                                or args.num_hidden_layers is not None)):
         model = export_mlp(args.params, None, args.input_encoding, num_units=args.num_units,
                            num_hidden_layers=args.num_hidden_layers, options=options)
+    elif args.arch in ("cifar10", "svhn"):
+        width = args.width
+        if width is None:
+            width = float((run_config(args.params) or {}).get("width", 1.0))
+        base = arch.CIFAR10_FILTERS if args.arch == "cifar10" else arch.SVHN_FILTERS
+        model = export_convnet(args.params, arch.scaled_widths(base, width), options=options)
     save_model(model, args.output)
     return model
 

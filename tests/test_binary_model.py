@@ -285,6 +285,9 @@ def test_export_takes_the_run_options_from_config_json(exported, tmp_path, capsy
     assert predict.main(["export", str(run / "best_params.npz"), out]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "--H 'glorot'" in err
+    (run / "config.json").write_text(json.dumps({"H": 1}))
+    assert predict.main(["export", str(run / "best_params.npz"), out, "--arch", "cifar10"]) == 2
+    assert "not a ConvNet" in capsys.readouterr().err
 
 
 def test_convnet_export_round_trip(tmp_path):
@@ -437,3 +440,22 @@ def test_predict_and_export_as_commands(exported, inputs, tmp_path):
     result = subprocess.run([sys.executable, "-m", "binary_net.binary_model", "info", out_model],
                             capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 0 and "layer 3: dense output 96 -> 10" in result.stdout
+
+
+def test_one_factory_and_one_contract_for_every_run_time(exported):
+    from binary_net import runtime
+    params, params_path, model_path = exported
+    images = digit_like_images(50, seed=3)
+    cpu = runtime.build_runtime(model_path)
+    gpu = runtime.build_runtime(model_path, device="gpu", backend="reference", engine="plain")
+    assert (type(cpu).__name__, cpu.device) == ("CpuMLP", "cpu")
+    assert (type(gpu).__name__, gpu.device) == ("GpuMLP", "gpu")
+    labels = cpu.predict(images)
+    for run_time in (cpu, gpu):
+        np.testing.assert_array_equal(run_time.predict(images), labels)
+        np.testing.assert_array_equal(run_time.predict(network_input(images)), labels)
+        np.testing.assert_array_equal(run_time.predict(images.reshape(50, -1), batch_size=7),
+                                      labels)
+        assert run_time.scores(images).shape == (50, 10)
+    with pytest.raises(ValueError, match="device"):
+        runtime.build_runtime(model_path, device="tpu")
