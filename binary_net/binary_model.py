@@ -200,11 +200,17 @@ def export_mlp(params, path=None, input_encoding="pixels8", input_shape=None,
 def export_convnet(params, filters=None, path=None, input_shape=(3, 32, 32), options=None):
     """:func:`export_params` for a ConvNet; ``filters`` (conv widths), when given, is
     checked against the parameters (the widths are read from their shapes)."""
-    model = export_params(params, None, options, "float", input_shape)
     source = str(params) if isinstance(params, (str, os.PathLike)) else "parameters"
-    convs = [layer.n_out for layer in model.layers if layer.kind == "conv"]
-    if not convs:
+    try:
+        layers = layer_params(params, source)
+    except NpzError as error:
+        raise ModelFileError(error.path, error.problem) from None
+    except ParamsError as error:
+        raise ModelFileError(error.source, error.problem) from None
+    if not any(layer.kind == "conv" for layer in layers):
         raise ModelFileError(source, "not a ConvNet parameter set (no conv layers)")
+    model = export_params(layers, None, options, "float", input_shape)
+    convs = [layer.n_out for layer in model.layers if layer.kind == "conv"]
     if filters is not None and list(convs) != [int(f) for f in filters]:
         raise ModelFileError(source, f"conv layers have {convs} filters, expected "
                                      f"{[int(f) for f in filters]}")
