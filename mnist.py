@@ -6,8 +6,6 @@ Example, a short run on the real data (minutes on 2 cores):
 """
 import sys
 
-import numpy as np
-
 from binary_net import cli
 
 
@@ -24,8 +22,11 @@ def load_splits(args):
 
 
 def preprocess(X):
-    """Pixels in [0, 1] to [-1, 1], as images (N, 1, 28, 28)."""
-    return (2. * X - 1.).astype(np.float32).reshape(-1, 1, 28, 28)
+    """Images ``p / 255`` (or uint8 pixels) to the network input ``2 p / 255 - 1``
+    (:func:`binary_net.model.inputs.network_input`, the run times' conversion too),
+    as images (N, 1, 28, 28)."""
+    from binary_net.model.inputs import network_input, pixels_from_unit
+    return network_input(pixels_from_unit(X)).reshape(-1, 1, 28, 28)
 
 
 def build_network(input_var, args):

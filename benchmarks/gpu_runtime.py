@@ -36,6 +36,8 @@ import numpy as np
 
 import kernels
 from binary_net import gpu_runtime as gr
+from binary_net.binary_model import export_options
+from binary_net.model.inputs import network_input, pixels_from_unit
 from binary_net.gpu_runtime import KERNELS, build_runtime, load_params, random_specs, \
     specs_from_params
 
@@ -90,7 +92,7 @@ def _nvidia_driver():
 def _load_test_set(data_dir, limit):
     from binary_net.datasets import MNIST
     test = MNIST("test", data_dir=data_dir, stop=limit)
-    X = (2. * test.X - 1.).astype(np.float32)  # mnist.preprocess, flattened
+    X = network_input(pixels_from_unit(test.X))  # the training scripts' input, flattened
     return X, test.y.ravel().astype(np.int64)
 
 
@@ -332,7 +334,9 @@ def main(argv=None):
         X, y = _load_test_set(args.data_dir, args.limit)
         networks = []
         if args.params:
-            networks.append(("trained", specs_from_params(load_params(args.params))))
+            # Folded with the run's own options (H, BatchNorm kind) from its config.json.
+            networks.append(("trained", specs_from_params(
+                load_params(args.params), options=export_options(args.params))))
         if args.random_shape:
             widths = [784] + [args.random_shape] * args.random_layers + [10]
             networks.append(("random", random_specs(widths)))

@@ -45,6 +45,7 @@ import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
 
 from binary_net import binary_model, xnor_cpu  # noqa: E402
+from binary_net.model.params import layer_params, mlp_widths, read_params  # noqa: E402
 
 TARGETS = {"layer_speedup": 8.0, "mnist_speedup": 5.0, "size_ratio": 25.0}
 
@@ -141,18 +142,19 @@ def bench_mnist(params_path, data_dir, repeats, workdir):
     from binary_net.datasets import MNIST
     local_params = os.path.join(workdir, "best_params.npz")
     shutil.copyfile(params_path, local_params)  # the training run may rewrite it
-    params = binary_model.load_params_file(local_params)
-    test = MNIST("test", data_dir=data_dir)
-    X, y = test.X, test.y.ravel()
+    options = binary_model.export_options(params_path)  # the run's config.json
+    params = read_params(local_params)
+    test = MNIST("test", data_dir=data_dir, dtype="uint8")
+    X, y = test.X, test.y.ravel()  # uint8 pixels: both run times take them
 
-    float_runtime = xnor_cpu.build_runtime_mlp(params, kernel="theano")
+    float_runtime = xnor_cpu.build_runtime_mlp(params, kernel="theano", options=options)
     model_path = os.path.join(workdir, "model.bnn")
-    binary_model.export_mlp(local_params, model_path)
-    file_runtime = binary_model.load_model(model_path).runtime("xnor_cpu")
+    binary_model.export_params(local_params, model_path, options)
+    file_runtime = binary_model.load_model(model_path).runtime("cpu")
 
     float_time, float_scores = measure(lambda: float_runtime.scores(X), repeats)
     float_labels = float_scores.argmax(1)
-    widths = xnor_cpu.mlp_params_shapes(params)
+    widths = mlp_widths(layer_params(params))
     result = {
         "images": int(len(X)), "architecture": "-".join(map(str, widths)),
         "params_path": params_path, "theano_float32": float_time,
@@ -224,7 +226,7 @@ def bench_convnet(batch, repeats, rng, workdir):
     images = rng.randint(0, 256, size=(batch, 3, 32, 32)).astype(np.uint8)
     model_path = os.path.join(workdir, "convnet.bnn")
     binary_model.export_convnet(params, CIFAR10_FILTERS, model_path)
-    file_runtime = binary_model.load_model(model_path).runtime("xnor_cpu")
+    file_runtime = binary_model.load_model(model_path).runtime("cpu")
     float_runtime = xnor_conv.build_runtime_convnet(params, kernel="theano")
     float_time, float_scores = measure(lambda: float_runtime.scores(images), repeats)
     result = {"images": batch, "architecture": "CIFAR-10 ConvNet (paper), random weights",

@@ -18,6 +18,8 @@ import theano
 import theano.tensor as T
 from theano import scalar
 
+from .model.fold import glorot_scale  # noqa: F401  (one definition, numpy only)
+
 __all__ = ["hard_sigmoid", "round3", "sign_st", "binary_tanh_unit", "binary_sigmoid_unit",
            "stochastic_sign", "stochastic_binary_tanh_unit", "binarize", "glorot_scale", "ap2"]
 
@@ -158,14 +160,6 @@ def binarize(W, H=1., deterministic=True, srng=None):
     if srng is None:
         raise ValueError("stochastic binarization needs a random stream (srng)")
     return T.cast(H * stochastic_sign(W / H, srng), theano.config.floatX)
-
-
-def glorot_scale(fan_in, fan_out):
-    """The paper's "Glorot" factor ``1 / sqrt(1.5 / (fan_in + fan_out))``.
-
-    ``W_LR_scale = glorot_scale(...)`` and ``H = 1 / glorot_scale(...)``.
-    """
-    return float(1. / np.sqrt(1.5 / (fan_in + fan_out)))
 
 
 def ap2(x):

@@ -2,25 +2,33 @@
 
 A ``.bnn`` file holds, per layer, the packed binary weights (1 bit each),
 the folded integer thresholds and flip flags of bias + BatchNorm + sign
-(:func:`binary_net.xnor_cpu.fold_sign_thresholds`), and the float32 pieces
-the run-time still needs (the first layer's bias and BatchNorm, for float
-input; the output layer's, for the scores). No pickle: ``struct`` + numpy.
+(:mod:`binary_net.model.fold`), the float32 pieces the run-time still needs
+(the first layer's bias and BatchNorm, for float input; the output layer's,
+for the scores), and what the run time must honour: the binary weight
+magnitude ``H`` of every layer, the BatchNorm kind (standard or shift-based)
+and the fold rule. No pickle: ``struct`` + numpy. This module needs only
+numpy (the run times are imported when :meth:`BinaryModel.runtime` is called).
 
 Layout (all little-endian)
 --------------------------
 Preamble, 32 bytes::
 
     magic        8 bytes  b"\\x89BNN\\r\\n\\x1a\\n"
-    version      uint32   FORMAT_VERSION (1)
+    version      uint32   FORMAT_VERSION (2; version 1 files are still read)
     header_size  uint32   bytes of the header block
     payload_size uint64   bytes of the payload
     crc32        uint32   zlib.crc32 of header block + payload
     reserved     uint32   0
 
-Header block: ``input_encoding, channels, height, width, num_layers``
-(uint32 each), then per layer 16 uint32: ``kind, role, n_in, n_out, words,
-has_thresholds, has_floats, channels, height, width, filter_h, filter_w,
-pad, pool, flip_filters, reserved``.
+Header block: ``input_encoding, channels, height, width, num_layers,
+batchnorm, fold_rule`` (uint32 each; version 1: the first five, meaning
+standard BatchNorm, H = 1 and the "exact-rational" fold), then per layer 16
+uint32: ``kind, role, n_in, n_out, words, has_thresholds, has_floats,
+channels, height, width, filter_h, filter_w, pad, pool, flip_filters, H``
+(``H`` as the bits of a float32; 0 = reserved in version 1). ``batchnorm``:
+0 standard, 1 shift-based; ``fold_rule``: 0 exact-rational (version 1), 1
+float32-graph (:data:`binary_net.model.fold.FOLD_RULE`). A reader refuses
+codes it does not know.
 
 Payload, per layer in order: weight bits ``(n_out, words)`` uint64 (bit =
 ``W >= 0``, one row per output, rows of ``words = ceil(n_in / 64)``, zero
@@ -35,10 +43,11 @@ bits where ``flip == 0`` and AND where ``flip == 1``.
 
 Command line::
 
-    python -m binary_net.binary_model export best_params.npz model.bnn --num-units 1024
+    python -m binary_net.binary_model export RUN/best_params.npz model.bnn
     python -m binary_net.binary_model info model.bnn
 """
 import argparse
+import os
 import struct
 import sys
 import zlib
@@ -46,18 +55,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import xnor_cpu
-from .xnor_cpu import FLOAT_PARAM_NAMES, FoldedLayer, WORD_BITS
+from .model import arch, fold, layouts
+from .model.fold import BN_KINDS, FOLD_RULE, FOLD_RULES, OptionError, TrainingOptions
+from .model.network import INPUT_ENCODINGS, FoldedLayer, fold_network
+from .model.npzfile import NpzError
+from .model.params import FLOAT_PARAM_NAMES, ParamsError, layer_params, run_config
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "ModelFileError", "BinaryModel", "export_mlp",
-           "export_convnet", "load_params_file", "save_model", "load_model", "main"]
+           "export_convnet", "export_params", "save_model", "load_model", "main"]
 
 MAGIC = b"\x89BNN\r\n\x1a\n"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 _PREAMBLE = struct.Struct("<8sIIQII")
-_MODEL_HEADER = struct.Struct("<5I")
-_LAYER_HEADER = struct.Struct("<16I")
-ENCODINGS = ("float", "pixels8")
+_MODEL_HEADERS = {1: struct.Struct("<5I"), 2: struct.Struct("<7I")}
+_LAYER_HEADER = struct.Struct("<15If")
+ENCODINGS = INPUT_ENCODINGS
 KINDS = ("dense", "conv")
 ROLES = ("first", "hidden", "output")
 _GEOMETRY = ("channels", "height", "width", "filter_h", "filter_w", "pad", "pool",
@@ -75,37 +88,41 @@ class ModelFileError(ValueError):
 
 @dataclass
 class BinaryModel:
-    """A binary network ready for the CPU run-time.
+    """A binary network ready for the run times.
 
     Attributes
     ----------
     layers : list of FoldedLayer
     input_encoding : str
-        ``"pixels8"``: inputs are 8-bit pixels ``p`` and the network sees
-        ``2 * p / 255 - 1`` (MNIST); ``"float"``: real-valued input.
+        ``"pixels8"``: the first layer is folded onto 8-bit pixels (the network
+        input is ``2 p / 255 - 1``, :mod:`binary_net.model.inputs`); ``"float"``:
+        a float first layer.
     input_shape : tuple of int
         ``(channels, height, width)`` of one input image.
+    batchnorm : {"standard", "shift"}
+    fold_rule : str
+        One of :data:`binary_net.model.fold.FOLD_RULES`.
     """
 
     layers: list
     input_encoding: str = "pixels8"
     input_shape: tuple = (1, 28, 28)
+    batchnorm: str = "standard"
+    fold_rule: str = FOLD_RULE
 
     @property
     def is_mlp(self):
         return all(layer.kind == "dense" for layer in self.layers)
 
-    def runtime(self, kernel="xnor_cpu"):
-        """Compile the CPU run-time: :class:`binary_net.xnor_cpu.RuntimeMLP` for an
-        MLP, :class:`binary_net.xnor_conv.RuntimeConvNet` for a ConvNet."""
-        if self.is_mlp:
-            return xnor_cpu.build_runtime_mlp(self.layers, kernel=kernel)
-        from . import xnor_conv
-        return xnor_conv.build_runtime_convnet(self.layers, kernel=kernel)
+    def runtime(self, device="cpu", **kwargs):
+        """The run time of this model (:func:`binary_net.runtime.build_runtime`)."""
+        from .runtime import build_runtime
+        return build_runtime(self, device=device, **kwargs)
 
     def describe(self):
-        """One line per layer: kind, role, shape, what is stored."""
-        lines = [f"input {self.input_encoding} {'x'.join(map(str, self.input_shape))}"]
+        """One line per layer: kind, role, shape, H, what is stored."""
+        lines = [f"input {self.input_encoding} {'x'.join(map(str, self.input_shape))}; "
+                 f"batchnorm {self.batchnorm}; fold {self.fold_rule}"]
         for index, layer in enumerate(self.layers, start=1):
             stored = ["bits"]
             if layer.thresholds is not None:
@@ -113,7 +130,7 @@ class BinaryModel:
             if layer.float_params is not None:
                 stored.append("floats")
             lines.append(f"layer {index}: {layer.kind} {layer.role} {layer.n_in} -> "
-                         f"{layer.n_out} ({', '.join(stored)})")
+                         f"{layer.n_out}, H {float(layer.H):.6g} ({', '.join(stored)})")
         return "\n".join(lines)
 
 
@@ -121,135 +138,82 @@ class BinaryModel:
 # Export
 # ----------------------------------------------------------------------------
 
-def load_params_file(path):
-    """The ``arr_0..`` arrays of a ``best_params.npz`` in order (no pickle)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = [k for k in data.files if k.startswith("arr_") and k[4:].isdigit()]
-            keys.sort(key=lambda k: int(k[4:]))
-            if not keys or [int(k[4:]) for k in keys] != list(range(len(keys))):
-                raise ModelFileError(path, "holds no arr_0, arr_1, ... parameter arrays")
-            return [data[k] for k in keys]
-    except ModelFileError:
-        raise
-    except (OSError, ValueError, EOFError) as error:
-        raise ModelFileError(path, f"not a readable parameter file ({_one_line(error)})") \
-            from error
-
-
 def _one_line(error):
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def export_mlp(params, path=None, input_encoding="pixels8", input_shape=(1, 28, 28),
-               num_units=None, num_hidden_layers=None):
-    """Fold MLP parameters into a :class:`BinaryModel` (and write it to ``path``).
+def export_params(params, path=None, options=None, input_encoding=None, input_shape=None):
+    """Fold trained parameters (MLP or ConvNet) into a :class:`BinaryModel`
+    (and write it to ``path``).
 
     Parameters
     ----------
     params : list of ndarray or str
-        ``get_all_param_values(mlp(...))`` or the path of ``best_params.npz``.
-    path : str, optional
-        Where to write the ``.bnn`` file.
-    input_encoding : {"pixels8", "float"}
-    input_shape : tuple of int
-    num_units, num_hidden_layers : int, optional
-        Expected architecture; a file that does not match is rejected.
+        ``get_all_param_values(...)`` of an :mod:`binary_net.models` network, or
+        the path of its ``best_params.npz``.
+    options : TrainingOptions, optional
+        The run's ``--H`` and ``--batchnorm`` (default: H = 1, standard).
+    input_encoding, input_shape
+        See :func:`binary_net.model.network.fold_network`.
 
-    Returns
-    -------
-    BinaryModel
+    Raises
+    ------
+    ModelFileError
+        One line naming the source: unreadable file, parameters that are not a
+        network of the paper's kind, options the run times cannot reproduce.
     """
-    source = params if isinstance(params, str) else "parameters"
-    if isinstance(params, str):
-        params = load_params_file(params)
+    source = str(params) if isinstance(params, (str, os.PathLike)) else "parameters"
+    options = options or TrainingOptions()
     try:
-        widths = xnor_cpu.mlp_params_shapes(params)
-    except ValueError as error:
-        raise ModelFileError(source, f"not an MLP parameter set: {error}") from error
-    if int(np.prod(input_shape)) != widths[0]:
-        raise ModelFileError(source, f"first layer takes {widths[0]} inputs, input shape "
-                                     f"{tuple(input_shape)} has {int(np.prod(input_shape))}")
-    hidden = widths[1:-1]
-    if num_hidden_layers is not None and len(hidden) != num_hidden_layers:
-        raise ModelFileError(source, f"has {len(hidden)} hidden layers, expected "
-                                     f"{num_hidden_layers}")
-    if num_units is not None and any(width != num_units for width in hidden):
-        raise ModelFileError(source, f"hidden layers have {hidden} units, expected {num_units}")
-    model = BinaryModel(xnor_cpu.fold_mlp(params, input_encoding), input_encoding,
-                        tuple(int(v) for v in input_shape))
+        layers, encoding, shape = fold_network(params, options, input_encoding, input_shape,
+                                               source)
+    except NpzError as error:
+        raise ModelFileError(error.path, error.problem) from None
+    except ParamsError as error:
+        raise ModelFileError(error.source, error.problem) from None
+    except (OptionError, ValueError) as error:
+        raise ModelFileError(source, _one_line(error)) from None
+    model = BinaryModel(layers, encoding, tuple(int(v) for v in shape), options.batchnorm)
     if path is not None:
         save_model(model, path)
     return model
 
 
-def export_convnet(params, filters, path=None, input_shape=(3, 32, 32), pool_after=None):
-    """Fold the paper's ConvNet parameters into a :class:`BinaryModel` (file format only).
+def export_mlp(params, path=None, input_encoding="pixels8", input_shape=None,
+               num_units=None, num_hidden_layers=None, options=None):
+    """:func:`export_params` for an MLP, checking the expected hidden widths."""
+    model = export_params(params, None, options, input_encoding, input_shape)
+    source = str(params) if isinstance(params, (str, os.PathLike)) else "parameters"
+    if not model.is_mlp:
+        raise ModelFileError(source, "not an MLP parameter set (holds conv layers)")
+    hidden = [layer.n_out for layer in model.layers[:-1]]
+    if num_hidden_layers is not None and len(hidden) != num_hidden_layers:
+        raise ModelFileError(source, f"has {len(hidden)} hidden layers, expected "
+                                     f"{num_hidden_layers}")
+    if num_units is not None and any(width != num_units for width in hidden):
+        raise ModelFileError(source, f"hidden layers have {hidden} units, expected {num_units}")
+    if path is not None:
+        save_model(model, path)
+    return model
 
-    Parameters
-    ----------
-    params : list of ndarray or str
-        ``get_all_param_values(convnet(...))``: per conv/dense layer W, b then
-        beta, gamma, mean, inv_std.
-    filters : sequence of int
-        Conv widths, e.g. ``binary_net.models.CIFAR10_FILTERS``.
-    input_shape : tuple of int
-        ``(channels, height, width)``.
-    pool_after : sequence of bool, optional
-        Max-pool 2x2 after each conv layer; default every second one.
-    """
-    source = params if isinstance(params, str) else "parameters"
-    if isinstance(params, str):
-        params = load_params_file(params)
-    if len(params) % 6:
-        raise ModelFileError(source, f"{len(params)} arrays is not 6 per layer")
-    pool_after = [index % 2 == 1 for index in range(len(filters))] if pool_after is None \
-        else list(pool_after)
-    channels, height, width = (int(v) for v in input_shape)
-    layers = []
-    n_layers = len(params) // 6
-    for index in range(n_layers):
-        W = np.asarray(params[6 * index], dtype=np.float32)
-        fp = {name: np.asarray(params[6 * index + k], dtype=np.float32).copy()
-              for k, name in enumerate(FLOAT_PARAM_NAMES, start=1)}
-        role = "output" if index == n_layers - 1 else ("first" if index == 0 else "hidden")
-        if index < len(filters):
-            if W.ndim != 4 or W.shape[0] != filters[index] or W.shape[1] != channels:
-                raise ModelFileError(source, f"arr_{6 * index} has shape {W.shape}, expected "
-                                             f"({filters[index]}, {channels}, fh, fw)")
-            n_out, n_in = W.shape[0], int(np.prod(W.shape[1:]))
-            geometry = dict(channels=channels, height=height, width=width,
-                            filter_h=W.shape[2], filter_w=W.shape[3], pad=W.shape[2] // 2,
-                            pool=2 if pool_after[index] else 1, flip_filters=1)
-            rows = W.reshape(n_out, n_in)
-            kind = "conv"
-            channels = n_out
-            pool = geometry["pool"]
-            height = (height + 2 * geometry["pad"] - W.shape[2] + 1) // pool
-            width = (width + 2 * geometry["pad"] - W.shape[3] + 1) // pool
-        else:
-            expected = channels * height * width if index == len(filters) else None
-            if W.ndim != 2 or (expected is not None and W.shape[0] != expected):
-                raise ModelFileError(source, f"arr_{6 * index} has shape {W.shape}, expected "
-                                             f"({expected}, units)")
-            n_in, n_out = W.shape
-            geometry = {}
-            rows = W.T
-            kind = "dense"
-        for k, name in enumerate(FLOAT_PARAM_NAMES, start=1):
-            if fp[name].shape != (n_out,):
-                raise ModelFileError(source, f"arr_{6 * index + k} ({name}) has shape "
-                                             f"{fp[name].shape}, expected ({n_out},)")
-        layer = FoldedLayer(kind, role, n_in, n_out,
-                            xnor_cpu.pack_bits(rows, words=-(-n_in // WORD_BITS)),
-                            geometry=geometry)
-        if role == "hidden":
-            layer.thresholds, layer.flip = xnor_cpu.fold_sign_thresholds(
-                fp["b"], fp["beta"], fp["gamma"], fp["mean"], fp["inv_std"], -n_in, n_in)
-        else:
-            layer.float_params = fp
-        layers.append(layer)
-    model = BinaryModel(layers, "float", tuple(int(v) for v in input_shape))
+
+def export_convnet(params, filters=None, path=None, input_shape=(3, 32, 32), options=None):
+    """:func:`export_params` for a ConvNet; ``filters`` (conv widths), when given, is
+    checked against the parameters (the widths are read from their shapes)."""
+    source = str(params) if isinstance(params, (str, os.PathLike)) else "parameters"
+    try:
+        layers = layer_params(params, source)
+    except NpzError as error:
+        raise ModelFileError(error.path, error.problem) from None
+    except ParamsError as error:
+        raise ModelFileError(error.source, error.problem) from None
+    if not any(layer.kind == "conv" for layer in layers):
+        raise ModelFileError(source, "not a ConvNet parameter set (no conv layers)")
+    model = export_params(layers, None, options, "float", input_shape)
+    convs = [layer.n_out for layer in model.layers if layer.kind == "conv"]
+    if filters is not None and list(convs) != [int(f) for f in filters]:
+        raise ModelFileError(source, f"conv layers have {convs} filters, expected "
+                                     f"{[int(f) for f in filters]}")
     if path is not None:
         save_model(model, path)
     return model
@@ -277,23 +241,37 @@ def _padded_size(size):
 
 def save_model(model, path):
     """Write ``model`` to ``path`` (see the module docstring for the layout)."""
-    header = [_MODEL_HEADER.pack(ENCODINGS.index(model.input_encoding),
-                                 *[int(v) for v in model.input_shape], len(model.layers))]
+    if model.fold_rule != FOLD_RULE:
+        raise ValueError(f"cannot write a model folded with rule {model.fold_rule!r} (this "
+                         f"writer folds with {FOLD_RULE!r}); export it again")
+    header = [_MODEL_HEADERS[FORMAT_VERSION].pack(
+        ENCODINGS.index(model.input_encoding), *[int(v) for v in model.input_shape],
+        len(model.layers), BN_KINDS.index(model.batchnorm), FOLD_RULES.index(model.fold_rule))]
     payload = []
     for layer in model.layers:
         geometry = [int(layer.geometry.get(name, 0)) for name in _GEOMETRY]
         header.append(_LAYER_HEADER.pack(
             KINDS.index(layer.kind), ROLES.index(layer.role), layer.n_in, layer.n_out,
             layer.weight_bits.shape[1], int(layer.thresholds is not None),
-            int(layer.float_params is not None), *geometry, 0))
+            int(layer.float_params is not None), *geometry, float(layer.H)))
         chunk = b"".join(array.tobytes() for array in _layer_arrays(layer))
         payload.append(chunk + b"\0" * (_padded_size(len(chunk)) - len(chunk)))
     header_bytes, payload_bytes = b"".join(header), b"".join(payload)
     crc = zlib.crc32(payload_bytes, zlib.crc32(header_bytes))
     preamble = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header_bytes), len(payload_bytes),
                               crc, 0)
-    with open(path, "wb") as handle:
-        handle.write(preamble + header_bytes + payload_bytes)
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp_path = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
+    try:
+        with open(tmp_path, "wb") as handle:
+            handle.write(preamble + header_bytes + payload_bytes)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.unlink(tmp_path)
+        raise
 
 
 def _check_layers(path, model):
@@ -332,10 +310,11 @@ def _check_layers(path, model):
             if layer.n_in != flat:
                 raise fail(f"{name} takes {layer.n_in} inputs, the previous layer gives {flat}")
             channels, height, width, flat = layer.n_out, 1, 1, layer.n_out
-        if layer.weight_bits.shape != (layer.n_out, -(-layer.n_in // WORD_BITS)):
+        word_bits = layouts.FILE.word_bits
+        if layer.weight_bits.shape != (layer.n_out, layouts.FILE.words(layer.n_in)):
             raise fail(f"{name} weights have shape {layer.weight_bits.shape}")
-        spare = layer.weight_bits.shape[1] * WORD_BITS - layer.n_in
-        if spare and np.any(layer.weight_bits[:, -1] >> np.uint64(WORD_BITS - spare)):
+        spare = layer.weight_bits.shape[1] * word_bits - layer.n_in
+        if spare and np.any(layer.weight_bits[:, -1] >> np.uint64(word_bits - spare)):
             raise fail(f"{name} weights have bits set beyond input {layer.n_in}")
         needs_thresholds = layer.role == "hidden" or (layer.role == "first"
                                                       and model.input_encoding == "pixels8")
@@ -377,9 +356,9 @@ def load_model(path):
         raise ModelFileError(path, f"truncated: {len(data)} bytes, the preamble alone is "
                                    f"{_PREAMBLE.size}")
     _, version, header_size, payload_size, crc, _ = _PREAMBLE.unpack_from(data)
-    if version != FORMAT_VERSION:
+    if version not in READ_VERSIONS:
         raise ModelFileError(path, f"format version {version} is not supported (this reader "
-                                   f"reads version {FORMAT_VERSION})")
+                                   f"reads versions {', '.join(map(str, READ_VERSIONS))})")
     expected_size = _PREAMBLE.size + header_size + payload_size
     if len(data) < expected_size:
         raise ModelFileError(path, f"truncated: {len(data)} bytes, the header announces "
@@ -392,21 +371,38 @@ def load_model(path):
     if actual_crc != crc:
         raise ModelFileError(path, f"checksum mismatch (file corrupt): stored CRC32 "
                                    f"{crc:08x}, computed {actual_crc:08x}")
-    return _parse(path, bytes(body[:header_size]), body[header_size:])
+    return _parse(path, bytes(body[:header_size]), body[header_size:], version)
 
 
-def _parse(path, header, payload):
+def _parse(path, header, payload, version=FORMAT_VERSION):
     fail = lambda what: ModelFileError(path, what)  # noqa: E731
-    if len(header) < _MODEL_HEADER.size:
+    model_header = _MODEL_HEADERS[version]
+    if len(header) < model_header.size:
         raise fail("header block too short")
-    encoding, channels, height, width, count = _MODEL_HEADER.unpack_from(header)
+    if version == 1:  # H = 1, standard BatchNorm, thresholds exact in rationals
+        encoding, channels, height, width, count = model_header.unpack_from(header)
+        bn_kind, rule = 0, FOLD_RULES.index("exact-rational")
+    else:
+        encoding, channels, height, width, count, bn_kind, rule = \
+            model_header.unpack_from(header)
     if encoding >= len(ENCODINGS):
         raise fail(f"unknown input encoding {encoding}")
-    if len(header) != _MODEL_HEADER.size + count * _LAYER_HEADER.size:
+    if bn_kind >= len(BN_KINDS):
+        raise fail(f"BatchNorm kind {bn_kind} is not one this run time can honour "
+                   f"({', '.join(BN_KINDS)})")
+    if rule >= len(FOLD_RULES):
+        raise fail(f"fold rule {rule} is not one this run time can honour "
+                   f"({', '.join(FOLD_RULES)})")
+    if len(header) != model_header.size + count * _LAYER_HEADER.size:
         raise fail(f"header block of {len(header)} bytes does not hold {count} layers")
     layers, offset = [], 0
     for index in range(count):
-        fields = _LAYER_HEADER.unpack_from(header, _MODEL_HEADER.size + index * _LAYER_HEADER.size)
+        fields = _LAYER_HEADER.unpack_from(header, model_header.size
+                                           + index * _LAYER_HEADER.size)
+        H = np.float32(1) if version == 1 else np.float32(fields[15])
+        if not (np.isfinite(H) and H > 0):
+            raise fail(f"layer {index + 1} has binary weight magnitude H = {H}, not a "
+                       f"positive number")
         kind, role, n_in, n_out, words, has_thresholds, has_floats = fields[:7]
         if kind >= len(KINDS) or role >= len(ROLES) or has_thresholds > 1 or has_floats > 1:
             raise fail(f"layer {index + 1} has an unknown kind, role or flag")
@@ -423,7 +419,8 @@ def _parse(path, header, payload):
         start = offset
         bits, offset = take("<u8", n_out * words, offset)
         layer = FoldedLayer(KINDS[kind], ROLES[role], n_in, n_out,
-                            bits.astype(np.uint64).reshape(n_out, words), geometry=geometry)
+                            bits.astype(np.uint64).reshape(n_out, words), geometry=geometry,
+                            H=H, batchnorm=BN_KINDS[bn_kind])
         if has_thresholds:
             thresholds, offset = take("<i4", n_out, offset)
             flip, offset = take("i1", n_out, offset)
@@ -437,7 +434,8 @@ def _parse(path, header, payload):
         layers.append(layer)
     if offset != len(payload):
         raise fail(f"payload holds {len(payload)} bytes, the layers use {offset}")
-    model = BinaryModel(layers, ENCODINGS[encoding], (channels, height, width))
+    model = BinaryModel(layers, ENCODINGS[encoding], (channels, height, width),
+                        BN_KINDS[bn_kind], FOLD_RULES[rule])
     _check_layers(path, model)
     return model
 
@@ -450,33 +448,59 @@ def build_export_parser(prog="python -m binary_net.binary_model export"):
     """argparse parser of the ``export`` command (shared with ``binary_net.predict``)."""
     parser = argparse.ArgumentParser(
         prog=prog, description="Export trained parameters (best_params.npz written by "
-                               "mnist.py) to a binary model file for the CPU run-time.")
+                               "mnist.py, cifar10.py, svhn.py) to a binary model file. The "
+                               "training options (--H, --batchnorm) are read from the run's "
+                               "config.json beside the parameters; flags override them.")
     parser.add_argument("params", metavar="PARAMS.npz", help="parameter file (arr_0, arr_1, ...)")
     parser.add_argument("output", metavar="OUT.bnn", help="binary model file to write")
-    parser.add_argument("--arch", choices=("mlp", "cifar10", "svhn"), default="mlp",
-                        help="network the parameters belong to (default: mlp)")
+    parser.add_argument("--H", default=None,
+                        help='binary weight magnitude used in training, a number or "Glorot" '
+                             "(default: config.json, else 1)")
+    parser.add_argument("--batchnorm", choices=BN_KINDS, default=None,
+                        help="BatchNorm used in training (default: config.json, else standard)")
+    parser.add_argument("--arch", choices=("mlp", "cifar10", "svhn"), default=None,
+                        help="expected network (checked; the shapes of the parameters give "
+                             "the architecture)")
+    parser.add_argument("--width", type=float, default=None,
+                        help="ConvNets: expected width multiplier (checked; default: "
+                             "config.json, else 1.0)")
     parser.add_argument("--num-units", type=int, default=None,
                         help="MLP: expected units per hidden layer (checked)")
     parser.add_argument("--num-hidden-layers", type=int, default=None,
                         help="MLP: expected number of hidden layers (checked)")
-    parser.add_argument("--width", type=float, default=1.0,
-                        help="ConvNets: width multiplier used in training (default 1.0)")
-    parser.add_argument("--input-encoding", choices=ENCODINGS, default="pixels8",
+    parser.add_argument("--input-encoding", choices=ENCODINGS, default=None,
                         help="MLP: 'pixels8' (exact integer first layer on 8-bit pixels, "
-                             "default) or 'float'")
+                             "default) or 'float'; ConvNets: float")
     return parser
+
+
+def export_options(params_path, H=None, batchnorm=None):
+    """:class:`TrainingOptions` of a run: its ``config.json`` beside ``params_path``,
+    overridden by ``H`` / ``batchnorm`` where given. ModelFileError (one line) for
+    an unreadable config or options the run times cannot reproduce."""
+    try:
+        return TrainingOptions.from_config(run_config(params_path), H=H, batchnorm=batchnorm)
+    except ParamsError as error:
+        raise ModelFileError(error.source, error.problem) from None
+    except OptionError as error:
+        raise ModelFileError(params_path, f"cannot export: {_one_line(error)}") from None
 
 
 def run_export(args):
     """Run the export command; returns the model."""
-    if args.arch == "mlp":
-        model = export_mlp(args.params, args.output, input_encoding=args.input_encoding,
-                           num_units=args.num_units, num_hidden_layers=args.num_hidden_layers)
-    else:
-        from .models import CIFAR10_FILTERS, SVHN_FILTERS
-        base = CIFAR10_FILTERS if args.arch == "cifar10" else SVHN_FILTERS
-        filters = [max(1, int(round(f * args.width))) for f in base]
-        model = export_convnet(args.params, filters, args.output)
+    options = export_options(args.params, args.H, args.batchnorm)
+    model = export_params(args.params, None, options, args.input_encoding)
+    if args.arch == "mlp" or (model.is_mlp and (args.num_units is not None
+                                                or args.num_hidden_layers is not None)):
+        model = export_mlp(args.params, None, args.input_encoding, num_units=args.num_units,
+                           num_hidden_layers=args.num_hidden_layers, options=options)
+    elif args.arch in ("cifar10", "svhn"):
+        width = args.width
+        if width is None:
+            width = float((run_config(args.params) or {}).get("width", 1.0))
+        base = arch.CIFAR10_FILTERS if args.arch == "cifar10" else arch.SVHN_FILTERS
+        model = export_convnet(args.params, arch.scaled_widths(base, width), options=options)
+    save_model(model, args.output)
     return model
 
 
@@ -494,7 +518,6 @@ def main(argv=None):
         if command == "export":
             args = build_export_parser().parse_args(rest)
             model = run_export(args)
-            import os
             print(f"wrote {args.output} ({os.path.getsize(args.output)} bytes, "
                   f"{len(model.layers)} layers)")
         elif command == "info":

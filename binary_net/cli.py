@@ -236,12 +236,16 @@ def _h_value(text):
 
 
 def bytes_to_pm1(X):
-    """Image bytes (N, 3072) to network input (N, 3, 32, 32) in [-1, 1].
+    """Image bytes (N, 3072; uint8 or floats holding 0..255) to network input
+    (N, 3, 32, 32) in [-1, 1].
 
     ``2x/255 - 1`` computed in float64 and rounded once to float32, as the
-    2016 code did.
+    2016 code did: :func:`binary_net.model.inputs.network_input`, the run
+    times' conversion too.
     """
-    return (X * (2. / 255.) - 1.).astype(np.float32).reshape(-1, 3, 32, 32)
+    from .model.inputs import network_input
+    X = np.asarray(X)
+    return network_input(X if X.dtype == np.uint8 else X.astype(np.uint8)).reshape(-1, 3, 32, 32)
 
 
 def binary_options(args):

@@ -45,7 +45,10 @@ from dataclasses import dataclass
 import numpy as np
 
 import kernels
-from kernels import reference
+
+from .model import fold
+from .model.inputs import network_input, pixels_from_network_input
+from .model.params import read_params
 
 try:
     from . import compat  # noqa: F401  (must precede Theano)
@@ -61,9 +64,9 @@ except Exception as _error:  # noqa: BLE001  (missing or broken: the plain engin
     theano = None
     THEANO_ERROR = " ".join(str(_error).split()) or type(_error).__name__
 
-__all__ = ["KERNELS", "PRODUCTS", "LayerSpec", "specs_from_params", "random_specs",
-           "load_params", "DeviceLayer", "PlainRuntime", "RuntimeMLP", "build_runtime",
-           "THEANO_ERROR", "TcRuntime", "pixel_thresholds", "pixels_from_inputs"]
+__all__ = ["KERNELS", "PRODUCTS", "LayerSpec", "specs_from_params", "specs_from_model",
+           "random_specs", "load_params", "DeviceLayer", "PlainRuntime", "GpuMLP",
+           "build_runtime", "THEANO_ERROR", "TcRuntime"]
 
 KERNELS = ("theano", "baseline", "xnor", "xnor_tc")
 PRODUCTS = ("baseline", "xnor")
@@ -76,7 +79,7 @@ EPILOGUES = ("sign", "sign_pack", "scores")
 
 @dataclass
 class LayerSpec:
-    """One dense layer + BatchNorm of a trained MLP, binarized.
+    """One dense layer + BatchNorm of a folded binary MLP, as the device kernels take it.
 
     Attributes
     ----------
@@ -85,12 +88,25 @@ class LayerSpec:
     signs : ndarray of float32, shape (n_in, n_out)
         The binarized weights, +1 where ``W >= 0``, else -1.
     bn : ndarray of float32, shape (4, n_out)
-        ``b, mean, gamma * inv_std, beta`` (:func:`kernels.reference.batchnorm_params`).
+        Epilogue rows ``b, mean, g, beta`` (:mod:`kernels.reference`), chosen so the
+        epilogue ``((s + b) - mean) * g + beta`` gives the training network's values:
+        first layer: the layer's BatchNorm (:func:`binary_net.model.fold.bn_vectors`)
+        on the product with ``H * signs``; hidden: the folded thresholds written as
+        BatchNorm (:func:`binary_net.model.fold.threshold_bn`, exact on integer
+        products); output: the BatchNorm on ``H * s`` rewritten for the integer ``s``
+        (``b / H, mean / H, g * H, beta``; bit-exact for H a power of two).
+    H : float32
+        The layer's binary weight magnitude.
+    thresholds : int32 (2, n_out) or None
+        ``(t, flip)`` of the fold: on ``P = p . w`` (first layer, 8-bit pixels) or
+        on the integer product (hidden layers).
     """
 
     role: str
     signs: np.ndarray
     bn: np.ndarray
+    H: float = np.float32(1)
+    thresholds: np.ndarray = None
 
     @property
     def n_in(self):
@@ -100,70 +116,52 @@ class LayerSpec:
     def n_out(self):
         return self.signs.shape[1]
 
-
-def _check_mlp_params(params):
-    """Layer widths of an MLP parameter list (6 arrays per layer); ValueError if not one."""
-    if theano is not None:
-        from .xnor_cpu import mlp_params_shapes
-        return mlp_params_shapes(params)
-    if len(params) == 0 or len(params) % 6:
-        raise ValueError(f"an MLP has 6 arrays per layer (W, b, beta, gamma, mean, inv_std); "
-                         f"got {len(params)} arrays")
-    widths = [np.shape(params[0])[0]]
-    for layer in range(len(params) // 6):
-        W = np.asarray(params[6 * layer])
-        if W.ndim != 2 or W.shape[0] != widths[-1]:
-            raise ValueError(f"arr_{6 * layer} (layer {layer + 1} W) has shape {W.shape}, "
-                             f"expected ({widths[-1]}, n)")
-        for offset in range(1, 6):
-            if np.shape(params[6 * layer + offset]) != (W.shape[1],):
-                raise ValueError(f"arr_{6 * layer + offset} has shape "
-                                 f"{np.shape(params[6 * layer + offset])}, expected "
-                                 f"({W.shape[1]},)")
-        widths.append(W.shape[1])
-    return widths
+    @property
+    def weights(self):
+        """float32 (n_in, n_out) weights of a float product: ``H * signs`` for the
+        first layer (the training network's ``Wb``), ``signs`` for the others (whose
+        epilogue rows take H into account)."""
+        if self.role == "first":
+            return np.ascontiguousarray(self.signs * np.float32(self.H))
+        return self.signs
 
 
 def load_params(path):
-    """The ``arr_0, arr_1, ...`` arrays of a parameter file, in order.
-
-    Uses :func:`binary_net.binary_model.load_params_file` where Theano imports
-    (it shares the CPU run time's checks); the same reading otherwise.
-    """
-    if theano is not None:
-        from .binary_model import load_params_file
-        return load_params_file(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = sorted((k for k in data.files if k.startswith("arr_") and k[4:].isdigit()),
-                          key=lambda k: int(k[4:]))
-            if not keys or [int(k[4:]) for k in keys] != list(range(len(keys))):
-                raise ValueError(f"{path}: holds no arr_0, arr_1, ... parameter arrays")
-            return [data[k] for k in keys]
-    except (OSError, EOFError) as error:
-        raise ValueError(f"{path}: not a readable parameter file "
-                         f"({' '.join(str(error).split())})") from None
+    """The ``arr_0, arr_1, ...`` arrays of a parameter file, in order
+    (:func:`binary_net.model.params.read_params`; NpzError, one line, if unreadable)."""
+    return read_params(path)
 
 
-def specs_from_params(params):
-    """:class:`LayerSpec` s from MLP parameters (per layer W, b, beta, gamma, mean, inv_std).
-
-    The order is ``lasagne.layers.get_all_param_values`` of :func:`binary_net.models.mlp`
-    (and of the 2016 code's ``arr_0..`` files).
-    """
-    widths = _check_mlp_params(params)
-    n_layers = len(widths) - 1
-    if n_layers < 2:
-        raise ValueError("the run-time network needs at least two layers (a float first "
-                         "layer and a binary one)")
+def specs_from_model(model):
+    """:class:`LayerSpec` s of a folded MLP (:class:`binary_net.binary_model.BinaryModel`,
+    e.g. a loaded ``.bnn`` file)."""
+    if not model.is_mlp:
+        raise ValueError("the GPU run time runs MLPs only; this model holds conv layers")
     specs = []
-    for layer in range(n_layers):
-        W, b, beta, gamma, mean, inv_std = (np.asarray(p) for p in params[6 * layer:6 * layer + 6])
-        signs = np.where(W >= 0, np.float32(1), np.float32(-1))
-        role = "first" if layer == 0 else ("output" if layer == n_layers - 1 else "hidden")
-        specs.append(LayerSpec(role, np.ascontiguousarray(signs),
-                               reference.batchnorm_params(b, beta, gamma, mean, inv_std)))
+    for layer in model.layers:
+        signs = np.ascontiguousarray(layer.signs().T)
+        H = np.float32(layer.H)
+        thresholds = None if layer.thresholds is None else \
+            np.stack([layer.thresholds, layer.flip.astype(np.int32)]).astype(np.int32)
+        if layer.role == "hidden":
+            bn = fold.threshold_bn(layer.thresholds, layer.flip)
+        elif layer.float_params is None:  # a first layer folded onto pixels only
+            bn = None
+        else:
+            bn = layer.bn()
+            if layer.role == "output":
+                bn = np.stack([bn[0] / H, bn[1] / H, bn[2] * H, bn[3]]).astype(np.float32)
+        specs.append(LayerSpec(layer.role, signs, bn, H, thresholds))
     return specs
+
+
+def specs_from_params(params, options=None):
+    """:class:`LayerSpec` s from MLP parameters (per layer W, b, beta, gamma, mean,
+    inv_std, ``get_all_param_values`` order of :func:`binary_net.models.mlp` and of the
+    2016 code's ``arr_0..`` files), folded by :mod:`binary_net.model` with the
+    training ``options`` (H, BatchNorm kind; default H = 1, standard)."""
+    from .binary_model import export_mlp
+    return specs_from_model(export_mlp(params, options=options))
 
 
 def random_specs(widths, seed=0):
@@ -214,8 +212,11 @@ class DeviceLayer:
         self.spec, self.product, self.epilogue = spec, product, epilogue
         self.backend = backend
         self.k = spec.n_in
-        signs = backend.to_device(spec.signs)
-        self.weights = backend.pack_cols(signs) if product == "xnor" else signs
+        if spec.bn is None:
+            raise ValueError(f"the {spec.role} layer has no float BatchNorm parameters (a "
+                             f"model folded onto 8-bit pixels runs with kernel 'xnor_tc' only)")
+        weights = backend.to_device(spec.weights)
+        self.weights = backend.pack_cols(weights) if product == "xnor" else weights
         self.bn = backend.to_device(spec.bn)
 
     def __call__(self, x):
@@ -271,82 +272,13 @@ class PlainRuntime:
 # Fully binary on the tensor cores
 # ----------------------------------------------------------------------------
 
-PIXEL_LEVELS = 255  # x = 2 p / 255 - 1 for 8-bit pixels p
-
-
-def pixels_from_inputs(X):
-    """8-bit pixels from network inputs ``x = 2 p / 255 - 1`` (uint8 passes through).
-
-    ``p = rint((x + 1) * 127.5)``, clipped to 0..255: exact for the MNIST inputs
-    (``2 * float32(p / 255) - 1``); other inputs are rounded to the 8-bit grid.
-    """
-    X = np.asarray(X)
-    if X.dtype == np.uint8:
-        return np.ascontiguousarray(X.reshape(len(X), -1))
-    X = np.asarray(X, np.float64).reshape(len(X), -1)
-    return np.clip(np.rint((X + 1.0) * (PIXEL_LEVELS / 2.0)), 0, PIXEL_LEVELS).astype(np.uint8)
-
-
-def _exact_pixel_thresholds(bn, weight_sums, n_in):
-    """Exact thresholds on ``P = p . w`` by bisection on rationals (no Theano needed).
-
-    +1 iff ``g * ((2 P / 255 - Sw) + b - mean) + beta >= 0`` with the stored float32
-    ``b, mean, g, beta``; monotone in P (increasing for g > 0, decreasing for g < 0).
-    """
-    from fractions import Fraction
-    lo_end, hi_end = -PIXEL_LEVELS * n_in, PIXEL_LEVELS * n_in
-    out = np.zeros((2, bn.shape[1]), np.int64)
-    for j in range(bn.shape[1]):
-        b, mean, g, beta = (Fraction(float(v)) for v in bn[:, j])
-        constant = b - mean - int(weight_sums[j])
-
-        def on(P):
-            return g * (Fraction(2 * P, PIXEL_LEVELS) + constant) + beta >= 0
-
-        first, last = on(lo_end), on(hi_end)
-        if first == last:
-            out[0, j] = lo_end if first else hi_end + 1
-            continue
-        lo, hi = lo_end, hi_end  # the edge lies between: on(lo) != on(hi)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if on(mid) == first:
-                lo = mid
-            else:
-                hi = mid
-        out[0, j], out[1, j] = (lo, 1) if first else (hi, 0)
-    return out.astype(np.int32)
-
-
-def pixel_thresholds(spec):
-    """int32 (2, n_out) thresholds (t, flip) of the first layer on ``P = p . w_b``.
-
-    Exact in rational arithmetic on the stored float32 ``b, mean, g = gamma * inv_std,
-    beta``; with Theano importable this is :func:`binary_net.xnor_cpu.fold_sign_thresholds`
-    (the CPU run time's fold, ``scale = 2 / 255``, ``offset = -sum(w)``), else the same
-    by bisection (:func:`_exact_pixel_thresholds`).
-    """
-    weight_sums = spec.signs.astype(np.int64).sum(axis=0)
-    n_in = spec.n_in
-    if theano is not None:
-        from fractions import Fraction
-        from .xnor_cpu import fold_sign_thresholds
-        b, mean, g, beta = spec.bn
-        thresholds, flip = fold_sign_thresholds(
-            b, beta, g, mean, np.ones_like(g), -PIXEL_LEVELS * n_in, PIXEL_LEVELS * n_in,
-            scale=Fraction(2, PIXEL_LEVELS), offset=[-int(v) for v in weight_sums])
-        return np.stack([thresholds, flip.astype(np.int32)]).astype(np.int32)
-    return _exact_pixel_thresholds(spec.bn, weight_sums, n_in)
-
-
 class TcRuntime(PlainRuntime):
     """The network fully binary on the 1-bit tensor cores (kernel ``"xnor_tc"``).
 
     Inputs are 8-bit pixels on the device (:meth:`host_input` converts); the first
     layer multiplies their 8 bit planes by the packed weights and thresholds the exact
-    integer ``P = p . w_b`` (:func:`pixel_thresholds`); hidden layers threshold the
-    exact +-1 products with thresholds that reproduce the float32 BatchNorm + sign of
-    the other kernels bit for bit (:func:`kernels.reference.float32_sign_thresholds`);
+    integer ``P = p . w_b``; hidden layers threshold the exact +-1 products; both with
+    the thresholds of :mod:`binary_net.model.fold` (``spec.thresholds``);
     the output layer's epilogue computes the float32 BatchNorm scores. Between layers
     only packed bits (and their row popcounts) exist.
     """
@@ -356,17 +288,19 @@ class TcRuntime(PlainRuntime):
         self.layers = []
         for spec in specs:
             weights = backend.tc_pack(backend.to_device(spec.signs), "cols")
-            if spec.role == "first":
-                params = pixel_thresholds(spec)
-            elif spec.role == "hidden":
-                params = reference.float32_sign_thresholds(spec.bn, -spec.n_in, spec.n_in)
-            else:
+            if spec.role == "output":
                 params = spec.bn
+            elif spec.thresholds is None:
+                raise ValueError(f"kernel 'xnor_tc' needs the {spec.role} layer folded onto "
+                                 f"8-bit pixels (a model exported with input encoding pixels8)")
+            else:
+                params = spec.thresholds
             output = "scores" if spec.role == "output" else "bits"
             self.layers.append((weights, backend.to_device(np.ascontiguousarray(params)), output))
 
     def host_input(self, X):
-        return pixels_from_inputs(X)
+        X = np.asarray(X)
+        return np.ascontiguousarray(pixels_from_network_input(X).reshape(len(X), -1))
 
     def forward_device(self, x):
         """Scores (device float32) from device uint8 pixels (M, n_in)."""
@@ -525,7 +459,7 @@ if theano is not None:
             self.spec, self.kernel, self.backend_name = spec, kernel, backend_name
             self.num_units = spec.n_out
             if kernel == "theano":
-                self.Wb = theano.shared(spec.signs, name="Wb")
+                self.Wb = theano.shared(spec.weights, name="Wb")
                 self.bn = [theano.shared(np.ascontiguousarray(row), name=name)
                            for row, name in zip(spec.bn, ("b", "mean", "g", "beta"))]
                 return
@@ -567,8 +501,11 @@ if theano is not None:
         return network
 
 
-class RuntimeMLP:
-    """A built run time: :meth:`scores` and :meth:`predict` on float32 inputs in [-1, 1].
+class GpuMLP:
+    """A built GPU run time of a binary MLP: :meth:`scores` and :meth:`predict`.
+
+    Inputs as every run time takes them (:mod:`binary_net.runtime`): (M, n_in) or
+    images, uint8 pixels or float32 network input in [-1, 1].
 
     Attributes
     ----------
@@ -579,31 +516,39 @@ class RuntimeMLP:
         The device layers (device kernels), for timings on device arrays.
     """
 
-    def __init__(self, function, kernel, engine, n_in, plain=None):
-        self._function, self.kernel, self.engine = function, kernel, engine
-        self.n_in, self.plain = n_in, plain
+    device = "gpu"
 
-    def scores(self, X):
-        """float32 scores (M, n_out) of preprocessed inputs (M, n_in) or images."""
-        X = np.asarray(X, dtype=np.float32)
-        X = np.ascontiguousarray(X.reshape(X.shape[0], -1))
+    def __init__(self, function, kernel, engine, n_in, plain=None, n_out=None):
+        self._function, self.kernel, self.engine = function, kernel, engine
+        self.n_in, self.plain, self.n_out = n_in, plain, n_out
+
+    def scores(self, X, batch_size=None):
+        """float32 scores (M, n_out) of inputs (M, n_in) or images."""
+        X = np.asarray(X)
+        X = X.reshape(X.shape[0], -1)
         if X.shape[1] != self.n_in:
             raise ValueError(f"inputs have {X.shape[1]} values per row; the network takes "
                              f"{self.n_in}")
-        return self._function(X)
+        X = np.ascontiguousarray(network_input(X) if X.dtype == np.uint8
+                                 else X.astype(np.float32))
+        if batch_size is None or batch_size >= len(X):
+            return self._function(X)
+        return np.concatenate([self._function(X[i:i + batch_size])
+                               for i in range(0, len(X), batch_size)])
 
-    def predict(self, X):
+    def predict(self, X, batch_size=None):
         """Class labels (M,): argmax of :meth:`scores`."""
-        return np.argmax(self.scores(X), axis=1)
+        return np.argmax(self.scores(X, batch_size), axis=1)
 
 
-def build_runtime(source, kernel="xnor", backend="cuda", engine="theano"):
-    """Build the run time of a trained MLP with one product kernel.
+def build_runtime(source, kernel="xnor", backend="cuda", engine="theano", options=None):
+    """Build the GPU run time of a trained MLP with one product kernel.
 
     Parameters
     ----------
-    source : list of ndarray or list of LayerSpec
-        MLP parameters (``arr_0..`` order) or :func:`specs_from_params` output.
+    source : list of ndarray, list of LayerSpec, BinaryModel or str
+        MLP parameters (``arr_0..`` order), :func:`specs_from_params` output, a
+        model (:class:`binary_net.binary_model.BinaryModel`) or a ``.bnn`` path.
     kernel : {"theano", "baseline", "xnor", "xnor_tc"}
     backend : {"cuda", "reference"}
         Where the device kernels run (``"reference"``: their numpy reference).
@@ -611,24 +556,34 @@ def build_runtime(source, kernel="xnor", backend="cuda", engine="theano"):
         ``"theano"``: Lasagne layers compiled into a Theano function;
         ``"plain"``: the same device functions called directly (no Theano; not for
         ``kernel="theano"``).
+    options : TrainingOptions, optional
+        Parameters only: ``--H`` and ``--batchnorm`` of the training run.
 
     Returns
     -------
-    RuntimeMLP
+    GpuMLP
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if engine not in ("theano", "plain"):
         raise ValueError(f"engine must be 'theano' or 'plain', got {engine!r}")
-    specs = source if source and isinstance(source[0], LayerSpec) else specs_from_params(source)
-    n_in = specs[0].n_in
+    if isinstance(source, str):
+        from .binary_model import load_model
+        source = load_model(source)
+    if hasattr(source, "layers") and hasattr(source, "is_mlp"):
+        specs = specs_from_model(source)
+    elif source and isinstance(source[0], LayerSpec):
+        specs = source
+    else:
+        specs = specs_from_params(source, options)
+    n_in, n_out = specs[0].n_in, specs[-1].n_out
     if kernel == "xnor_tc":
         if engine == "theano":
             raise ValueError("kernel 'xnor_tc' runs with engine='plain' (one fused tensor-core "
                              "kernel per layer, no Theano Ops)")
         gpu = kernels.get_backend(backend)
         tc = TcRuntime(specs, gpu)
-        return RuntimeMLP(tc, kernel, "plain", n_in, tc)
+        return GpuMLP(tc, kernel, "plain", n_in, tc, n_out)
     if engine == "theano" or kernel == "theano":
         if theano is None:
             raise RuntimeError(f"Theano is unavailable here ({THEANO_ERROR})")
@@ -646,8 +601,8 @@ def build_runtime(source, kernel="xnor", backend="cuda", engine="theano"):
             layers = [layer.device for layer in lasagne.layers.get_all_layers(network)
                       if isinstance(layer, RuntimeDenseLayer)]
             plain = PlainRuntime(layers, kernels.get_backend(backend))
-        return RuntimeMLP(function, kernel, "theano", n_in, plain)
+        return GpuMLP(function, kernel, "theano", n_in, plain, n_out)
     gpu = kernels.get_backend(backend)
     plain = PlainRuntime(device_layers(specs, kernel, gpu), gpu)
-    return RuntimeMLP(plain, kernel, "plain", n_in, plain)
+    return GpuMLP(plain, kernel, "plain", n_in, plain, n_out)
 

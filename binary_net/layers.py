@@ -18,6 +18,7 @@ from theano.sandbox.rng_mrg import MRG_RandomStream
 
 from .binarization import (ap2, binarize, binary_tanh_unit, glorot_scale,
                            stochastic_binary_tanh_unit)
+from .model.fold import binary_H
 
 __all__ = ["DenseLayer", "Conv2DLayer", "BatchNormLayer", "BinaryTanhLayer", "binary_layers"]
 
@@ -28,7 +29,7 @@ class _BinaryWeights:
     def _setup_binary(self, fan_in, fan_out, binary, stochastic, H, W_LR_scale, kwargs):
         self.binary = binary
         self.stochastic = stochastic
-        self.H = np.float32(1. / glorot_scale(fan_in, fan_out) if H == "Glorot" else H)
+        self.H = binary_H(H, fan_in, fan_out)  # the run times' fold reads H from here too
         self.W_LR_scale = np.float32(glorot_scale(fan_in, fan_out)
                                      if W_LR_scale == "Glorot" else W_LR_scale)
         # Seeded from Lasagne's RNG so lasagne.random.set_rng fixes it too.

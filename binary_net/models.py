@@ -12,12 +12,12 @@ from lasagne.layers import DropoutLayer, InputLayer, MaxPool2DLayer
 from lasagne.nonlinearities import identity
 
 from .layers import BatchNormLayer, BinaryTanhLayer, Conv2DLayer, DenseLayer
+from .model.arch import (CIFAR10_FILTERS, CONV_PAD, CONVNET_UNITS, FILTER_SIZE, POOL_SIZE,
+                         SVHN_FILTERS, pools_after, scaled_width, scaled_widths)
 
 __all__ = ["mlp", "convnet", "cifar10_convnet", "svhn_convnet", "CIFAR10_FILTERS",
            "SVHN_FILTERS"]
 
-CIFAR10_FILTERS = (128, 128, 256, 256, 512, 512)
-SVHN_FILTERS = (64, 64, 128, 128, 256, 256)
 
 
 def _binary_options(binary, stochastic, H, W_LR_scale):
@@ -56,7 +56,7 @@ def mlp(input_var=None, num_units=4096, num_hidden_layers=3, num_outputs=10,
     return _batch_norm(network, epsilon, alpha, shift_based_bn)
 
 
-def convnet(input_var=None, filters=CIFAR10_FILTERS, num_units=1024, num_outputs=10,
+def convnet(input_var=None, filters=CIFAR10_FILTERS, num_units=CONVNET_UNITS, num_outputs=10,
             input_shape=(None, 3, 32, 32), binary=True, stochastic=False, H=1.,
             W_LR_scale="Glorot", epsilon=1e-4, alpha=0.1, shift_based_bn=False,
             stochastic_activations=False):
@@ -69,10 +69,10 @@ def convnet(input_var=None, filters=CIFAR10_FILTERS, num_units=1024, num_outputs
     options = _binary_options(binary, stochastic, H, W_LR_scale)
     network = InputLayer(shape=input_shape, input_var=input_var)
     for index, num_filters in enumerate(filters):
-        network = Conv2DLayer(network, num_filters, (3, 3), pad=1, nonlinearity=identity,
-                              **options)
-        if index % 2 == 1:
-            network = MaxPool2DLayer(network, pool_size=(2, 2))
+        network = Conv2DLayer(network, num_filters, (FILTER_SIZE, FILTER_SIZE), pad=CONV_PAD,
+                              nonlinearity=identity, **options)
+        if pools_after(index):
+            network = MaxPool2DLayer(network, pool_size=(POOL_SIZE, POOL_SIZE))
         network = _batch_norm(network, epsilon, alpha, shift_based_bn)
         network = _binary_tanh(network, stochastic_activations)
     for _ in range(2):
@@ -88,18 +88,14 @@ def cifar10_convnet(input_var=None, width=1.0, **kwargs):
 
     ``width`` multiplies every conv and dense width (1.0 is the paper's).
     """
-    return convnet(input_var, filters=_scaled(CIFAR10_FILTERS, width),
-                   num_units=max(1, int(round(1024 * width))), **kwargs)
+    return convnet(input_var, filters=scaled_widths(CIFAR10_FILTERS, width),
+                   num_units=scaled_width(CONVNET_UNITS, width), **kwargs)
 
 
 def svhn_convnet(input_var=None, width=1.0, **kwargs):
     """SVHN ConvNet: 64C3-64C3-MP2-128C3-128C3-MP2-256C3-256C3-MP2-1024FC-1024FC-10."""
-    return convnet(input_var, filters=_scaled(SVHN_FILTERS, width),
-                   num_units=max(1, int(round(1024 * width))), **kwargs)
-
-
-def _scaled(filters, width):
-    return tuple(max(1, int(round(f * width))) for f in filters)
+    return convnet(input_var, filters=scaled_widths(SVHN_FILTERS, width),
+                   num_units=scaled_width(CONVNET_UNITS, width), **kwargs)
 
 
 def parameter_shapes(network):

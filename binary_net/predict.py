@@ -3,7 +3,11 @@
 Usage::
 
     python -m binary_net.predict MODEL.bnn INPUTS... [--batch-size N] [--scores] [--json]
-    python -m binary_net.predict export PARAMS.npz OUT.bnn [--num-units N]
+    python -m binary_net.predict export RUN/best_params.npz OUT.bnn [--H H] [--batchnorm KIND]
+
+``export`` folds the trained network with the run's options (``--H``,
+``--batchnorm``) read from ``config.json`` beside the parameter file (flags
+override); an option the run times cannot reproduce is refused in one line.
 
 INPUTS are IDX image files (``t10k-images-idx3-ubyte``, raw or ``.gz``), PNG
 files, or directories (every ``*.png`` inside, sorted by name). Images must
@@ -143,8 +147,8 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m binary_net.predict",
         description="Classify images on the CPU with a binary model file (XNOR run-time). "
-                    "To write a model file: python -m binary_net.predict export PARAMS.npz "
-                    "OUT.bnn [--num-units N].",
+                    "To write a model file: python -m binary_net.predict export "
+                    "RUN/best_params.npz OUT.bnn (options from the run's config.json).",
         epilog="Exit status: 0 on success, 2 on bad arguments, inputs or model files.")
     parser.add_argument("model", metavar="MODEL", help="binary model file (.bnn)")
     parser.add_argument("inputs", metavar="INPUTS", nargs="+",
@@ -167,7 +171,7 @@ def _predict(argv):
         blocks, names = collect_inputs(args.inputs, model.input_shape[0])
         _check_sizes(blocks, names, model.input_shape)
         images = np.concatenate([b.reshape(b.shape[0], -1) for b in blocks])
-        runtime = model.runtime("xnor_cpu")
+        runtime = model.runtime("cpu")
     except (InputError, ModelFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

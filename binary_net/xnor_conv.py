@@ -12,7 +12,7 @@ file or from trained parameters:
   that fall inside the image (Lasagne pads with zeros, which are neither +1
   nor -1, so padded taps are skipped, not counted), 2x2 max-pool on the
   integers, then the folded bias + BatchNorm + sign threshold
-  (:func:`binary_net.xnor_cpu.fold_sign_thresholds`), packed bits out;
+  (:mod:`binary_net.model.fold`), packed bits out;
 * the dense layers are :class:`binary_net.xnor_cpu.XnorDense`, as in the MLP
   run-time; the output layer gives float scores.
 
@@ -39,10 +39,17 @@ from theano.tensor.signal.pool import pool_2d
 
 from . import xnor_cpu as xc
 from .c_sources import c_source
-from .xnor_cpu import FoldedLayer, WORD_BITS
+from .model import arch, layouts
+from .model.fold import TrainingOptions, bn_vectors
+from .model.inputs import network_input
+from .model.network import FoldedLayer, fold_network
+from .model.params import FLOAT_PARAM_NAMES, layer_params
 
 __all__ = ["XnorConv", "xnor_conv", "xnor_conv_reference", "pack_channels",
-           "conv_filter_bits", "conv_gemm_weights", "SignPackNCHW", "RuntimeConvNet", "build_runtime_convnet", "KERNELS"]
+           "conv_filter_bits", "conv_gemm_weights", "SignPackNCHW", "CpuConvNet",
+           "build_runtime_convnet", "KERNELS"]
+
+WORD_BITS = layouts.FILE.word_bits  # channels per 64-bit word of a packed pixel
 
 KERNELS = ("theano", "xnor_cpu")
 
@@ -58,7 +65,7 @@ def pack_channels(x, words=None):
     """
     x = np.asarray(x)
     channels = x.shape[-1]
-    words = -(-channels // WORD_BITS) if words is None else int(words)
+    words = layouts.FILE.words(channels) if words is None else int(words)
     flat = xc.pack_bits(x.reshape(-1, channels), words=words)
     return flat.reshape(x.shape[:-1] + (words,))
 
@@ -69,9 +76,7 @@ def _unpack_channels(bits, channels):
     return flat.reshape(bits.shape[:-1] + (channels,)).astype(np.int64)
 
 
-def conv_output_size(size, filter_size, pad, pool):
-    """Output rows (or columns) after a stride-1 conv and a ``pool`` x ``pool`` max-pool."""
-    return (size + 2 * pad - filter_size + 1) // pool
+conv_output_size = arch.conv_output_size
 
 
 def xnor_conv_reference(x_bits, w_bits, channels, pad, pool=1):
@@ -285,26 +290,12 @@ class SignPackNCHW(xc.XnorCOp):
 # The ConvNet run-time
 # ----------------------------------------------------------------------------
 
-def _broadcast(vector, ndim):
-    """A per-feature float32 vector shaped to broadcast along axis 1 of an ndim tensor."""
-    shared = theano.shared(np.asarray(vector, dtype=np.float32))
-    return shared.dimshuffle(*(["x", 0] + ["x"] * (ndim - 2)))
+def _batchnorm(a, bn):
+    """``((a + b) - mean) * g + beta`` in float32 along axis 1, as the trained network."""
+    return xc.bn_graph(a, bn)
 
 
-def _bn_scale(fp):
-    """float32 ``gamma * inv_std``, computed once for both kernels."""
-    return np.asarray(fp["gamma"], np.float32) * np.asarray(fp["inv_std"], np.float32)
-
-
-def _batchnorm(s, fp):
-    """``(s + b - mean) * (gamma * inv_std) + beta`` in float32, as the trained network."""
-    n = s.ndim
-    return (s + _broadcast(fp["b"], n) - _broadcast(fp["mean"], n)) \
-        * _broadcast(_bn_scale(fp), n) + _broadcast(fp["beta"], n)
-
-
-def _sign(h):
-    return T.switch(T.ge(h, 0), np.float32(1), np.float32(-1))
+_sign = xc.sign_graph
 
 
 def _float_conv(h, signs, pad, pool):
@@ -363,10 +354,8 @@ def _build_xnor(layers):
     x = T.tensor4("x", dtype="float32")
     first = layers[0]
     g = first.geometry
-    pre = _float_conv(x, _conv_signs(first), g["pad"], g["pool"])
-    fp = first.float_params
-    vectors = [theano.shared(np.asarray(v, np.float32))
-               for v in (fp["b"], fp["mean"], _bn_scale(fp), fp["beta"])]
+    pre = _float_conv(x, _conv_signs(first) * np.float32(first.H), g["pad"], g["pool"])
+    vectors = [theano.shared(np.ascontiguousarray(v)) for v in first.bn()]
     h = SignPackNCHW()(pre, *vectors)  # (M, H, W, words) sign bits of the float BatchNorm
     channels, height, width = first.n_out, *(
         conv_output_size(size, fs, g["pad"], g["pool"])
@@ -383,7 +372,7 @@ def _build_xnor(layers):
             channels = layer.n_out
             height = conv_output_size(height, g["filter_h"], g["pad"], g["pool"])
             width = conv_output_size(width, g["filter_w"], g["pad"], g["pool"])
-            words = -(-channels // WORD_BITS)
+            words = layouts.FILE.words(channels)
             continue
         if spatial:
             w_split, k_seen, shift = _dense_after_conv_bits(layer, height, width, channels,
@@ -394,64 +383,69 @@ def _build_xnor(layers):
                 flat = T.concatenate([flat, T.zeros((h.shape[0], extra), dtype="uint64")], axis=1)
             h, spatial = flat, False
         else:
-            w_split = xc.xnor_weights(xc.padded_bits(layer.weight_bits, layer.n_in))
+            w_split = xc.xnor_weights(xc.cpu_bits(layer.weight_bits, layer.n_in))
             k_seen, shift = layer.n_in, 0
         w_split = theano.shared(w_split)
         if layer.role == "output":
             s = xc.xnor_dense(h, w_split, n_in=k_seen)
             if shift:
                 s = s - np.int32(shift)
-            return x, _batchnorm(T.cast(s, "float32"), layer.float_params)
+            return x, xc.output_scores_graph(s, layer)
         h = xc.xnor_dense(h, w_split, n_in=k_seen,
                           thresholds=theano.shared(_shifted(layer.thresholds, shift)),
                           flip=theano.shared(layer.flip))
     raise ValueError("the last layer must be the output layer")
 
 
-def _build_theano(params, conv_count, pool_after, pad):
+def _build_theano(params, options, input_shape):
     """Theano float32 inference of the binarized ConvNet from its float parameters."""
+    options = options or TrainingOptions()
+    layers = layer_params(params)
+    convs = [layer for layer in layers if layer.kind == "conv"]
+    geometries, _ = arch.conv_geometry([layer.W.shape for layer in convs], input_shape)
     x = T.tensor4("x", dtype="float32")
     h = x
-    n_layers = len(params) // 6
-    for index in range(n_layers):
-        W = np.asarray(params[6 * index], dtype=np.float32)
-        signs = np.where(W >= 0, np.float32(1), np.float32(-1))
-        fp = {name: np.asarray(params[6 * index + k], dtype=np.float32)
-              for k, name in enumerate(xc.FLOAT_PARAM_NAMES, start=1)}
-        if index < conv_count:
-            pre = _float_conv(h, signs, pad[index], 2 if pool_after[index] else 1)
+    for index, layer in enumerate(layers):
+        weights = layer.signs * options.layer_H(layer)
+        if layer.kind == "conv":
+            g = geometries[index]
+            pre = _float_conv(h, weights, g["pad"], g["pool"])
         else:
             if h.ndim == 4:
                 h = h.flatten(2)
-            pre = T.dot(h, theano.shared(signs))
-        out = _batchnorm(pre, fp)
-        h = out if index == n_layers - 1 else _sign(out)
-    return x, h
+            pre = T.dot(h, theano.shared(weights))
+        bn = bn_vectors(*(getattr(layer, name) for name in FLOAT_PARAM_NAMES), options.batchnorm)
+        out = _batchnorm(pre, bn)
+        h = out if index == len(layers) - 1 else _sign(out)
+    return x, h, layers[-1].n_out
 
 
-class RuntimeConvNet:
-    """A compiled ConvNet run-time: ``scores(X)`` and ``predict(X)`` on the CPU.
+class CpuConvNet:
+    """A compiled CPU run time of a binary ConvNet: ``scores(X)`` and ``predict(X)``.
 
-    ``X`` is (M, C, H, W) or (M, C * H * W): uint8 pixels, turned into the
-    network input ``2 p / 255 - 1`` as ``cifar10.py`` / ``svhn.py`` do, or
-    float32 network input as is.
+    ``X`` is (M, C, H, W) or (M, C * H * W): uint8 pixels (turned into the
+    network input ``2 p / 255 - 1``, :func:`binary_net.model.inputs.network_input`),
+    or float32 network input in [-1, 1] as is.
     """
+
+    device = "cpu"
+    input_encoding = "float"
 
     def __init__(self, function, kernel, input_shape, n_out):
         self._function = function
         self.kernel = kernel
         self.input_shape = tuple(int(v) for v in input_shape)
+        self.n_in = int(np.prod(self.input_shape))
         self.n_out = int(n_out)
 
     def _prepare(self, X):
         X = np.asarray(X)
-        flat = int(np.prod(self.input_shape))
-        if X.ndim < 2 or int(np.prod(X.shape[1:])) != flat or \
+        if X.ndim < 2 or int(np.prod(X.shape[1:])) != self.n_in or \
                 (X.ndim == 4 and X.shape[1:] != self.input_shape):
             raise ValueError(f"inputs have shape {X.shape}; the network takes images of shape "
                              f"{self.input_shape}")
         if X.dtype == np.uint8:
-            X = X * (2. / 255.) - 1.  # cli.bytes_to_pm1
+            X = network_input(X)
         return np.ascontiguousarray(X, dtype=np.float32).reshape((-1,) + self.input_shape)
 
     def scores(self, X, batch_size=None):
@@ -469,8 +463,8 @@ class RuntimeConvNet:
         return np.argmax(self.scores(X, batch_size), axis=1)
 
 
-def build_runtime_convnet(source, kernel="xnor_cpu", input_shape=(3, 32, 32), pool_after=None):
-    """Compile a CPU run-time for a trained binary ConvNet.
+def build_runtime_convnet(source, kernel="xnor_cpu", input_shape=(3, 32, 32), options=None):
+    """Compile a CPU run time for a trained binary ConvNet.
 
     Parameters
     ----------
@@ -483,13 +477,12 @@ def build_runtime_convnet(source, kernel="xnor_cpu", input_shape=(3, 32, 32), po
         ``"theano"``: Theano float32 inference of the same binarized network.
     input_shape : tuple of int
         ``(channels, height, width)`` (taken from the layers when folded).
-    pool_after : sequence of bool, optional
-        Parameters only: 2x2 max-pool after each conv layer; default every
-        second one (the paper's networks).
+    options : TrainingOptions, optional
+        Parameters only: ``--H`` and ``--batchnorm`` of the training run.
 
     Returns
     -------
-    RuntimeConvNet
+    CpuConvNet
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -501,21 +494,10 @@ def build_runtime_convnet(source, kernel="xnor_cpu", input_shape=(3, 32, 32), po
         layers = source
         g = layers[0].geometry
         input_shape = (g["channels"], g["height"], g["width"])
+    elif kernel == "theano":
+        x, scores, n_out = _build_theano(source, options, input_shape)
+        return CpuConvNet(theano.function([x], scores), kernel, input_shape, n_out)
     else:
-        params = list(source)
-        if len(params) == 0 or len(params) % 6:
-            raise ValueError(f"a ConvNet has 6 arrays per layer; got {len(params)} arrays")
-        filters = [np.shape(params[i])[0] for i in range(0, len(params), 6)
-                   if np.ndim(params[i]) == 4]
-        if pool_after is None:
-            pool_after = [index % 2 == 1 for index in range(len(filters))]
-        if kernel == "theano":
-            pads = [np.shape(params[6 * i])[2] // 2 for i in range(len(filters))]
-            x, scores = _build_theano(params, len(filters), list(pool_after), pads)
-            n_out = np.shape(params[-6])[1]
-            return RuntimeConvNet(theano.function([x], scores), kernel, input_shape, n_out)
-        from .binary_model import export_convnet
-        layers = export_convnet(params, filters, input_shape=input_shape,
-                                pool_after=pool_after).layers
+        layers, _, input_shape = fold_network(source, options, "float", input_shape)
     x, scores = _build_xnor(layers)
-    return RuntimeConvNet(theano.function([x], scores), kernel, input_shape, layers[-1].n_out)
+    return CpuConvNet(theano.function([x], scores), kernel, input_shape, layers[-1].n_out)

@@ -7,31 +7,31 @@ bits (bit = 1 for +1, i.e. ``value >= 0``) turns a K-long dot product into
 * numpy references: :func:`pack_bits`, :func:`unpack_bits`,
   :func:`xnor_gemm_reference`, :func:`pixel_gemm_reference`,
   :func:`apply_thresholds_reference`;
-* exact folding of bias + BatchNorm + sign into one integer threshold per
-  neuron (:func:`fold_sign_thresholds`), so binary layers hand PACKED bits to
-  each other;
+* the folded bias + BatchNorm + sign thresholds of :mod:`binary_net.model.fold`
+  applied in the Ops, so binary layers hand PACKED bits to each other;
 * two Theano Ops with C code (compiled by Theano, OpenMP over both cores,
   AVX2 nibble-lookup popcount with ``vpshufb`` + ``vpsadbw``):
   :class:`XnorDense` (float or packed activations in; int32 dot products or
   packed sign bits out) and :class:`PixelDense` (the first layer on 8-bit
   pixels, exact integer arithmetic);
-* :func:`fold_mlp` / :func:`build_runtime_mlp`: the MNIST MLP as a run-time
+* :func:`build_runtime_mlp`: the MNIST MLP as a run time (:class:`CpuMLP`)
   with a kernel switch, ``'xnor_cpu'`` (the Ops above) or ``'theano'``
   (Theano float32 inference of the same binarized network).
 
 Packed layout
 -------------
-A packed matrix holds one row per vector; bit ``j`` of word ``w`` is element
-``64 * w + j``. Rows are padded with zero bits to a multiple of 256 bits
-(:func:`packed_words`), the AVX2 vector width. Zero padding in both operands
+The ``CPU`` layout of :mod:`binary_net.model.layouts`: a packed matrix holds one
+row per vector; bit ``j`` of word ``w`` is element ``64 * w + j``. Rows are
+padded with zero bits to a multiple of 256 bits (:func:`packed_words`), the AVX2
+vector width. Zero padding in both operands
 XORs to zero, so the padding never counts and every K >= 1 is exact.
 
 First layer
 -----------
 The MLP's input is ``x = 2 * p / 255 - 1`` for 8-bit pixels ``p``. With
-``Sw = sum(w)`` the first layer's dot product is exactly
+``Sw = sum(w)`` the first layer's dot product is
 ``x . w = (2 * P - 255 * Sw) / 255`` where ``P = sum(p * w)`` is an integer,
-so the threshold is folded onto ``P`` (exact rational arithmetic) and
+so the threshold is folded onto ``P`` (:func:`binary_net.model.fold.pixel_thresholds`) and
 :class:`PixelDense` computes ``P`` exactly with int8/int16/int32 AVX2 arithmetic
 over the image's non-zero pixels (MNIST is ~80% zeros). Inputs that are not
 on the 8-bit grid are rounded to it; use ``input_encoding='float'`` to keep a
@@ -39,11 +39,9 @@ float first layer instead.
 
 Exactness
 ---------
-Thresholds reproduce ``sign(gamma * inv_std * (s + b - mean) + beta)`` (+1 at
-0) in exact real arithmetic on the stored float32 parameters. Theano's
-float32 inference rounds at every step, so on a pre-activation within
-float32 rounding distance of a threshold the two can disagree on one hidden
-unit; predictions agree unless that changes an argmax.
+The thresholds reproduce the training network's float32 decision for every
+integer pre-activation, with the layer's ``H`` and BatchNorm kind
+(:mod:`binary_net.model.fold` states the rule and its limits).
 
 Compilation and instruction sets
 --------------------------------
@@ -63,10 +61,6 @@ Set ``OMP_NUM_THREADS`` to change the thread count (default: all cores).
 """
 from . import compat  # noqa: F401  (must precede Theano)
 
-from dataclasses import dataclass, field
-from fractions import Fraction
-import math
-
 import numpy as np
 import theano
 import theano.tensor as T
@@ -74,20 +68,24 @@ from theano.graph.basic import Apply
 from theano.graph.op import COp
 
 from .c_sources import c_source
+from .model import layouts
+from .model.fold import TrainingOptions, apply_thresholds, bn_vectors
+from .model.inputs import network_input, pixels_from_network_input
+from .model.network import FoldedLayer, fold_network
+from .model.params import FLOAT_PARAM_NAMES, layer_params
 
 __all__ = ["packed_words", "pack_bits", "unpack_bits", "xnor_gemm_reference",
-           "pixel_gemm_reference", "xnor_weights", "merge_nibbles", "fold_sign_thresholds",
-           "apply_thresholds_reference", "batchnorm_sign_reference", "pixel_weights",
+           "pixel_gemm_reference", "xnor_weights", "merge_nibbles",
+           "apply_thresholds_reference", "pixel_weights",
            "pixel_signs", "XnorDense", "PixelDense", "xnor_dense", "pixel_dense", "xnor_pack",
-           "FoldedLayer", "fold_mlp", "mlp_params_shapes", "RuntimeMLP", "build_runtime_mlp",
+           "FoldedLayer", "fold_mlp", "CpuMLP", "build_runtime_mlp",
            "pixels_from_unit_floats", "KERNELS", "active_popcount",
            "cpu_has_vpopcnt", "ISA_ENV"]
 
 KERNELS = ("theano", "xnor_cpu")
-WORD_BITS = 64
-VECTOR_WORDS = 4  # 64-bit words per 256-bit AVX2 vector
+WORD_BITS = layouts.CPU.word_bits  # 64
+VECTOR_WORDS = layouts.CPU.row_bits // WORD_BITS  # 64-bit words per 256-bit AVX2 vector
 PIXEL_BLOCK_COLUMNS = 128  # columns per PixelDense block (8 int16 accumulators)
-PIXEL_SCALE = Fraction(2, 255)  # x = 2 * p / 255 - 1
 
 _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 
@@ -97,11 +95,9 @@ _POPCOUNT8 = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)
 # ----------------------------------------------------------------------------
 
 def packed_words(n_bits):
-    """Words per packed row of ``n_bits`` values: padded to a multiple of 256 bits."""
-    n_bits = int(n_bits)
-    if n_bits < 1:
-        raise ValueError(f"a packed row needs at least one bit, got {n_bits}")
-    return -(-n_bits // (WORD_BITS * VECTOR_WORDS)) * VECTOR_WORDS
+    """Words per packed row of ``n_bits`` values: padded to a multiple of 256 bits
+    (``layouts.CPU.words``)."""
+    return layouts.CPU.words(n_bits)
 
 
 def pack_bits(x, words=None):
@@ -116,27 +112,16 @@ def pack_bits(x, words=None):
 
     Returns
     -------
-    ndarray of uint64, shape (M, words), padding bits zero.
+    ndarray of uint64, shape (M, words), padding bits zero
+    (:func:`binary_net.model.layouts.pack_bits`).
     """
     x = np.asarray(x)
     if x.ndim != 2:
         raise ValueError(f"pack_bits expects a matrix, got shape {x.shape}")
-    rows, k = x.shape
-    words = packed_words(k) if words is None else int(words)
-    if words * WORD_BITS < k:
-        raise ValueError(f"{words} words cannot hold {k} bits")
-    packed_bytes = np.packbits(x >= 0, axis=1, bitorder="little")
-    out = np.zeros((rows, words * 8), dtype=np.uint8)
-    out[:, :packed_bytes.shape[1]] = packed_bytes
-    return out.view("<u8").astype(np.uint64)
+    return layouts.pack_bits(x, packed_words(x.shape[1]) if words is None else words)
 
 
-def unpack_bits(packed, k):
-    """Inverse of :func:`pack_bits`: +-1 float32 matrix of shape (M, k)."""
-    packed = np.ascontiguousarray(packed, dtype="<u8")
-    as_bytes = packed.view(np.uint8).reshape(packed.shape[0], -1)
-    bits = np.unpackbits(as_bytes, axis=1, bitorder="little")[:, :k]
-    return (2. * bits - 1.).astype(np.float32)
+unpack_bits = layouts.unpack_bits
 
 
 def xnor_weights(w_packed):
@@ -194,95 +179,7 @@ def pixel_gemm_reference(pixels, weight_signs):
     return np.asarray(pixels, dtype=np.int64) @ np.asarray(weight_signs, dtype=np.int64)
 
 
-def _exact(value):
-    """A float32/float64 value as the exact rational it stores."""
-    return Fraction(float(value))
-
-
-def _exact_number(value):
-    """An int, Fraction or float (numpy scalars included) as an exact Fraction."""
-    if isinstance(value, (int, np.integer)):
-        return Fraction(int(value))
-    if isinstance(value, Fraction):
-        return value
-    return _exact(value)
-
-
-def fold_sign_thresholds(b, beta, gamma, mean, inv_std, s_min, s_max, scale=1, offset=0):
-    """Fold bias, BatchNorm and sign into one integer threshold per neuron.
-
-    The layer computes, for an integer ``s`` in ``[s_min, s_max]``,
-    ``y = sign(g * (scale * s + offset + b - mean) + beta)`` (+1 at 0) with
-    ``g = gamma * inv_std``, all in exact arithmetic on the given values.
-    This returns ``thresholds`` and ``flip`` such that ``y = +1`` iff
-    ``s >= t`` (``flip == 0``, g > 0) or ``s <= t`` (``flip == 1``, g < 0).
-    For ``g == 0`` the output is the constant ``sign(beta)``: ``t = s_min``
-    (always +1) or ``t = s_max + 1`` (never), flip 0.
-
-    Parameters
-    ----------
-    b, beta, gamma, mean, inv_std : array_like, shape (N,)
-        Bias and BatchNorm parameters (float32 values are taken exactly).
-    s_min, s_max : int
-        Range of the integer ``s``; thresholds are clamped to
-        ``[s_min - 1, s_max + 1]`` so they fit int32.
-    scale : int or Fraction
-        Positive factor from ``s`` to the layer's dot product.
-    offset : scalar or array_like, shape (N,)
-        Exact additive term (e.g. ``-sum(w)`` for the pixel layer).
-
-    Returns
-    -------
-    thresholds : ndarray of int32, shape (N,)
-    flip : ndarray of int8, shape (N,)
-    """
-    columns = [np.asarray(v, dtype=np.float64).ravel() for v in (b, beta, gamma, mean, inv_std)]
-    n = columns[0].size
-    if any(c.size != n for c in columns):
-        raise ValueError("bias and BatchNorm parameters must have the same length")
-    if any(not np.all(np.isfinite(c)) for c in columns):
-        raise ValueError("bias and BatchNorm parameters must be finite")
-    offsets = np.broadcast_to(np.asarray(offset, dtype=object), (n,))
-    scale = Fraction(scale)
-    if scale <= 0:
-        raise ValueError("scale must be positive")
-    s_min, s_max = int(s_min), int(s_max)
-    if not (-2**31 < s_min - 1 and s_max + 1 < 2**31):
-        raise ValueError("integer range does not fit int32 thresholds")
-    thresholds = np.empty(n, dtype=np.int32)
-    flip = np.zeros(n, dtype=np.int8)
-    for i, (bias, shift, scale_g, mu, istd) in enumerate(zip(*columns)):
-        g = _exact(scale_g) * _exact(istd)
-        if g == 0:
-            thresholds[i] = s_min if shift >= 0 else s_max + 1
-            continue
-        # Zero crossing in s of g * (scale * s + c) + beta, with c the constant part.
-        constant = _exact_number(offsets[i]) + _exact(bias) - _exact(mu)
-        crossing = (-_exact(shift) / g - constant) / scale
-        if g > 0:  # increasing: +1 from ceil(crossing) on
-            thresholds[i] = min(max(math.ceil(crossing), s_min), s_max + 1)
-        else:      # decreasing: +1 up to floor(crossing)
-            thresholds[i] = min(max(math.floor(crossing), s_min - 1), s_max)
-            flip[i] = 1
-    return thresholds, flip
-
-
-def apply_thresholds_reference(s, thresholds, flip):
-    """Boolean ``s >= t`` (or ``s <= t`` where flipped), broadcasting over rows."""
-    s = np.asarray(s, dtype=np.int64)
-    thresholds = np.asarray(thresholds, dtype=np.int64)
-    flip = np.asarray(flip).astype(bool)
-    return np.where(flip, s <= thresholds, s >= thresholds)
-
-
-def batchnorm_sign_reference(s, b, beta, gamma, mean, inv_std):
-    """float64 ``sign(gamma * inv_std * (s + b - mean) + beta) >= 0`` (boolean).
-
-    Exact whenever the parameters are short dyadic numbers (as in the tests).
-    """
-    f64 = [np.asarray(v, dtype=np.float64) for v in (b, beta, gamma, mean, inv_std)]
-    b, beta, gamma, mean, inv_std = f64
-    return (gamma * inv_std) * (np.asarray(s, dtype=np.float64) + b - mean) + beta >= 0
+apply_thresholds_reference = apply_thresholds  # the fold's test (binary_net.model.fold)
 
 
 def pixel_weights(weight_bits, n_in):
@@ -461,7 +358,7 @@ class XnorDense(XnorCOp):
     Inputs: ``x``; ``w_split``, uint64 (N, 2 * packed_words(K)), one row per
     output: ``xnor_weights(pack_bits(W.T))``; ``n_in``, 0-d int64, K (for
     float input it must equal ``x.shape[1]``); and for ``"bits"`` output the
-    int32 ``thresholds`` and int8 ``flip`` of :func:`fold_sign_thresholds`.
+    int32 ``thresholds`` and int8 ``flip`` of :func:`binary_net.model.fold.sign_thresholds`.
     """
 
     __props__ = ("input_kind", "output_kind")
@@ -604,173 +501,78 @@ def pixel_dense(pixels, weights, n_out, thresholds=None, flip=None):
 # The MNIST MLP as folded binary layers
 # ----------------------------------------------------------------------------
 
-@dataclass
-class FoldedLayer:
-    """One binary layer of a run-time network (what a model file stores).
-
-    Attributes
-    ----------
-    kind : str
-        ``"dense"`` or ``"conv"``.
-    role : str
-        ``"first"`` (real or pixel input), ``"hidden"`` (bits in, bits out)
-        or ``"output"`` (bits in, float scores out).
-    n_in, n_out : int
-        Inputs per output (for conv: ``channels * kh * kw``) and outputs
-        (for conv: filters).
-    weight_bits : ndarray of uint64, shape (n_out, ceil(n_in / 64))
-        Bit = ``W >= 0``; one row per output; zero padding bits.
-    thresholds, flip : ndarray of int32 / int8, shape (n_out,), or None
-        Folded bias + BatchNorm + sign (see :func:`fold_sign_thresholds`); on
-        the XNOR dot product for hidden layers and on the pixel sum ``P``
-        for a first layer with 8-bit input. None for the output layer.
-    float_params : dict of str to float32 ndarray, or None
-        ``b, beta, gamma, mean, inv_std`` where the layer needs floats (the
-        first layer, for float input; the output layer, for the scores).
-    geometry : dict of str to int
-        Conv layers: ``channels, height, width, filter_h, filter_w, pad, pool``.
-    """
-
-    kind: str
-    role: str
-    n_in: int
-    n_out: int
-    weight_bits: np.ndarray
-    thresholds: np.ndarray = None
-    flip: np.ndarray = None
-    float_params: dict = None
-    geometry: dict = field(default_factory=dict)
-
-
-FLOAT_PARAM_NAMES = ("b", "beta", "gamma", "mean", "inv_std")
-
-
-def mlp_params_shapes(params):
-    """Check an MLP parameter list (W, b, beta, gamma, mean, inv_std per layer).
-
-    Returns the layer widths ``[n_in, n_hidden..., n_out]``; raises ValueError
-    naming the first array that does not fit.
-    """
-    if len(params) == 0 or len(params) % 6 != 0:
-        raise ValueError(f"an MLP has 6 arrays per layer (W, b, beta, gamma, mean, inv_std); "
-                         f"got {len(params)} arrays")
-    widths = []
-    for layer in range(len(params) // 6):
-        W = np.asarray(params[6 * layer])
-        if W.ndim != 2:
-            raise ValueError(f"arr_{6 * layer} (layer {layer + 1} W) has shape {W.shape}, "
-                             f"expected a matrix")
-        if widths and W.shape[0] != widths[-1]:
-            raise ValueError(f"arr_{6 * layer} (layer {layer + 1} W) has {W.shape[0]} inputs, "
-                             f"the previous layer has {widths[-1]} outputs")
-        if not widths:
-            widths.append(W.shape[0])
-        widths.append(W.shape[1])
-        for offset, name in enumerate(FLOAT_PARAM_NAMES, start=1):
-            vector = np.asarray(params[6 * layer + offset])
-            if vector.shape != (W.shape[1],):
-                raise ValueError(f"arr_{6 * layer + offset} (layer {layer + 1} {name}) has "
-                                 f"shape {vector.shape}, expected ({W.shape[1]},)")
-    for index, array in enumerate(params):
-        if not np.all(np.isfinite(np.asarray(array, dtype=np.float64))):
-            raise ValueError(f"arr_{index} holds non-finite values")
-    return widths
-
-
-def _float_params(params, layer):
-    return {name: np.asarray(params[6 * layer + offset], dtype=np.float32).copy()
-            for offset, name in enumerate(FLOAT_PARAM_NAMES, start=1)}
-
-
-def fold_mlp(params, input_encoding="pixels8"):
-    """Fold MLP parameters into :class:`FoldedLayer` s for the XNOR run-time.
+def fold_mlp(params, input_encoding="pixels8", options=None):
+    """Fold MLP parameters into :class:`FoldedLayer` s for the XNOR run time
+    (:func:`binary_net.model.network.fold_network`).
 
     Parameters
     ----------
     params : list of ndarray
-        ``lasagne.layers.get_all_param_values(mlp(...))``: per layer W
-        (n_in, n_out), b, beta, gamma, mean, inv_std.
+        ``lasagne.layers.get_all_param_values(mlp(...))``.
     input_encoding : {"pixels8", "float"}
-        ``"pixels8"``: the network input is ``2 * p / 255 - 1`` for 8-bit
-        pixels and the first layer's thresholds are folded onto the integer
-        ``P = p . w`` (exact). ``"float"``: the first layer keeps only its
-        float pieces (float GEMM at run time).
+    options : TrainingOptions, optional
+        ``--H`` and ``--batchnorm`` of the training run.
 
     Returns
     -------
     list of FoldedLayer
     """
-    if input_encoding not in ("pixels8", "float"):
-        raise ValueError(f"input_encoding must be 'pixels8' or 'float', got {input_encoding!r}")
-    widths = mlp_params_shapes(params)
-    layers = []
-    n_layers = len(widths) - 1
-    for layer in range(n_layers):
-        W = np.asarray(params[6 * layer], dtype=np.float32)
-        n_in, n_out = W.shape
-        weight_bits = pack_bits(W.T, words=-(-n_in // WORD_BITS))
-        fp = _float_params(params, layer)
-        role = "output" if layer == n_layers - 1 else ("first" if layer == 0 else "hidden")
-        folded = FoldedLayer("dense", role, n_in, n_out, weight_bits)
-        if role == "output":
-            folded.float_params = fp
-        elif role == "hidden":
-            folded.thresholds, folded.flip = fold_sign_thresholds(
-                fp["b"], fp["beta"], fp["gamma"], fp["mean"], fp["inv_std"], -n_in, n_in)
-        else:
-            folded.float_params = fp
-            if input_encoding == "pixels8":
-                # x . w = (2 P - 255 Sw) / 255 with P = p . w (integer), Sw = sum(w)
-                weight_sums = np.where(W >= 0, 1, -1).sum(axis=0).astype(np.int64)
-                offsets = [-int(sw) for sw in weight_sums]
-                folded.thresholds, folded.flip = fold_sign_thresholds(
-                    fp["b"], fp["beta"], fp["gamma"], fp["mean"], fp["inv_std"],
-                    -255 * n_in, 255 * n_in, scale=PIXEL_SCALE, offset=offsets)
-        layers.append(folded)
-    if n_layers == 1 and input_encoding == "pixels8":
-        raise ValueError("a one-layer MLP has no binary hidden layer to fold")
+    layers, _, _ = fold_network(params, options, input_encoding)
+    if any(layer.kind != "dense" for layer in layers):
+        raise ValueError("fold_mlp: the parameters hold conv layers (not an MLP)")
     return layers
 
 
-def _signs(weight_bits, n_in):
-    """+-1 float32 weights (n_in, n_out) from packed rows."""
-    return np.ascontiguousarray(unpack_bits(weight_bits, n_in).T)
-
-
-def padded_bits(weight_bits, n_in):
-    """File layout (ceil(n_in/64) words) to the Ops' layout (packed_words(n_in))."""
+def cpu_bits(weight_bits, n_in):
+    """FILE layout (ceil(n_in/64) words) to the Ops' CPU layout (packed_words(n_in))."""
     out = np.zeros((weight_bits.shape[0], packed_words(n_in)), dtype=np.uint64)
     out[:, :weight_bits.shape[1]] = weight_bits
     return out
 
 
-def _batchnorm_scores(s, fp):
-    """Output layer scores from float32 pre-activations, as the float network computes them."""
-    shared = {name: theano.shared(value, name=name) for name, value in fp.items()}
-    return (s + shared["b"].dimshuffle("x", 0) - shared["mean"].dimshuffle("x", 0)) \
-        * (shared["gamma"] * shared["inv_std"]).dimshuffle("x", 0) \
-        + shared["beta"].dimshuffle("x", 0)
+def bn_graph(a, bn):
+    """Theano float32 ``((a + b) - mean) * g + beta`` along axis 1 of ``a``, one
+    rounding per operation as the training network; ``bn`` float32 (4, N) from
+    :meth:`FoldedLayer.bn` (:func:`binary_net.model.fold.bn_vectors`)."""
+    pattern = ["x", 0] + ["x"] * (a.ndim - 2)
+    b, mean, g, beta = (theano.shared(np.ascontiguousarray(row, np.float32)).dimshuffle(*pattern)
+                        for row in np.asarray(bn, np.float32))
+    return ((a + b) - mean) * g + beta
 
 
-def _float_sign_layer(h, signs, fp):
-    """Theano float32 ``sign(BN(h @ Wb + b))`` (+1 at 0) as +-1 float32."""
-    a = T.dot(h, theano.shared(signs, name="Wb"))
-    bn = _batchnorm_scores(a, fp)
-    return T.switch(T.ge(bn, 0), np.float32(1), np.float32(-1))
+def sign_graph(v):
+    """+-1 float32: +1 where ``v >= 0`` (the binary tanh unit)."""
+    return T.switch(T.ge(v, 0), np.float32(1), np.float32(-1))
 
 
-class RuntimeMLP:
-    """A compiled MLP run-time: ``scores(X)`` and ``predict(X)`` on the CPU.
+def output_scores_graph(s, layer):
+    """Scores of the output layer from its int32 dot products ``s``: float32
+    ``H * s`` then the layer's BatchNorm (:func:`binary_net.model.fold.scores32`)."""
+    return bn_graph(T.cast(s, "float32") * np.float32(layer.H), layer.bn())
 
-    Built by :func:`build_runtime_mlp`. ``X`` is (M, 784) or (M, 1, 28, 28)
-    images as uint8 pixels or floats in [0, 1] (``mnist.py`` applies
-    ``2 * x - 1`` itself; so do both kernels here).
+
+def _float_sign_layer(h, layer):
+    """Theano float32 ``sign(BN(h @ (H * signs) + b))`` (+1 at 0) as +-1 float32."""
+    weights = np.ascontiguousarray(layer.signs().T * np.float32(layer.H))
+    return sign_graph(bn_graph(T.dot(h, theano.shared(weights, name="Wb")), layer.bn()))
+
+
+class CpuMLP:
+    """A compiled CPU run time of a binary MLP: ``scores(X)`` and ``predict(X)``.
+
+    Built by :func:`build_runtime_mlp` (or :func:`binary_net.runtime.build_runtime`).
+    ``X`` is (M, n_in) or (M, C, H, W): uint8 pixels, or float32 network input in
+    [-1, 1] (``2 p / 255 - 1``, :mod:`binary_net.model.inputs`) -- what the
+    training network takes. A pixel-folded first layer rounds float input to the
+    8-bit grid.
     """
 
-    def __init__(self, functions, kernel, input_kind, n_in, n_out):
-        self._functions = functions  # input dtype -> compiled Theano function
+    device = "cpu"
+
+    def __init__(self, function, kernel, input_encoding, n_in, n_out):
+        self._function = function  # compiled Theano function of uint8 or float32 rows
         self.kernel = kernel
-        self.input_kind = input_kind  # "pixels8" or "float"
+        self.input_encoding = input_encoding  # "pixels8" or "float"
         self.n_in = n_in
         self.n_out = n_out
 
@@ -780,22 +582,19 @@ class RuntimeMLP:
         if X.ndim != 2 or X.shape[1] != self.n_in:
             raise ValueError(f"inputs have shape {X.shape}; the network takes {self.n_in} values "
                              f"per image")
-        if self.input_kind == "pixels8":
-            # uint8 or float32 in [0, 1]: PixelDense rounds (and checks) floats itself
-            return np.ascontiguousarray(X if X.dtype == np.uint8 else X.astype(np.float32))
-        unit = X.astype(np.float32) / np.float32(255) if X.dtype == np.uint8 \
-            else X.astype(np.float32)
-        return (2. * unit - 1.).astype(np.float32)  # mnist.preprocess
+        if self.input_encoding == "pixels8":
+            return np.ascontiguousarray(pixels_from_network_input(X))
+        return np.ascontiguousarray(network_input(X) if X.dtype == np.uint8
+                                    else X.astype(np.float32))
 
     def scores(self, X, batch_size=None):
         """float32 scores (M, n_out): the output layer's BatchNorm output."""
         X = self._prepare(X)
-        function = self._functions[X.dtype.name]
         if len(X) == 0:
             return np.zeros((0, self.n_out), np.float32)
         if batch_size is None or batch_size >= len(X):
-            return function(X)
-        return np.concatenate([function(X[i:i + batch_size])
+            return self._function(X)
+        return np.concatenate([self._function(X[i:i + batch_size])
                                for i in range(0, len(X), batch_size)])
 
     def predict(self, X, batch_size=None):
@@ -803,21 +602,19 @@ class RuntimeMLP:
         return np.argmax(self.scores(X, batch_size), axis=1)
 
 
-def _build_xnor(layers, input_encoding, pixel_dtype="float32"):
+def _build_xnor(layers, input_encoding):
     first = layers[0]
     if input_encoding == "pixels8":
-        x = T.matrix("pixels", dtype=pixel_dtype)
+        x = T.matrix("pixels", dtype="uint8")
         h = pixel_dense(x, theano.shared(pixel_weights(first.weight_bits, first.n_in)),
                         first.n_out, theano.shared(first.thresholds), theano.shared(first.flip))
     else:
         x = T.matrix("x", dtype="float32")
-        signs = _float_sign_layer(x, _signs(first.weight_bits, first.n_in), first.float_params)
-        h = xnor_pack(signs)
+        h = xnor_pack(_float_sign_layer(x, first))
     for layer in layers[1:]:
-        w_packed = theano.shared(xnor_weights(padded_bits(layer.weight_bits, layer.n_in)))
+        w_packed = theano.shared(xnor_weights(cpu_bits(layer.weight_bits, layer.n_in)))
         if layer.role == "output":
-            s = xnor_dense(h, w_packed, n_in=layer.n_in)
-            scores = _batchnorm_scores(T.cast(s, "float32"), layer.float_params)
+            scores = output_scores_graph(xnor_dense(h, w_packed, n_in=layer.n_in), layer)
         else:
             h = xnor_dense(h, w_packed, n_in=layer.n_in, thresholds=theano.shared(layer.thresholds),
                            flip=theano.shared(layer.flip))
@@ -849,41 +646,41 @@ class _PackRows(XnorCOp):
         return f"if (bnn_pack_rows_op({x}, &{z}) != 0) {{ {sub['fail']} }}"
 
 
-def _build_theano(params):
-    widths = mlp_params_shapes(params)
+def _build_theano(params, options):
+    """Theano float32 inference of the binarized MLP from its parameters (no fold)."""
+    options = options or TrainingOptions()
+    layers = layer_params(params)
     x = T.matrix("x", dtype="float32")
     h = x
-    n_layers = len(widths) - 1
-    for layer in range(n_layers):
-        W = np.asarray(params[6 * layer], dtype=np.float32)
-        signs = np.where(W >= 0, np.float32(1), np.float32(-1))
-        fp = _float_params(params, layer)
-        if layer == n_layers - 1:
-            h = _batchnorm_scores(T.dot(h, theano.shared(signs, name="Wb")), fp)
-        else:
-            h = _float_sign_layer(h, signs, fp)
-    return x, h
+    for index, layer in enumerate(layers):
+        weights = layer.signs * options.layer_H(layer)
+        bn = bn_vectors(*(getattr(layer, name) for name in FLOAT_PARAM_NAMES), options.batchnorm)
+        v = bn_graph(T.dot(h, theano.shared(np.ascontiguousarray(weights))), bn)
+        h = v if index == len(layers) - 1 else sign_graph(v)
+    return x, h, layers[0].n_in, layers[-1].n_out
 
 
-def build_runtime_mlp(source, kernel="xnor_cpu", input_encoding="pixels8"):
-    """Compile a CPU run-time for a trained binary MLP.
+def build_runtime_mlp(source, kernel="xnor_cpu", input_encoding="pixels8", options=None):
+    """Compile a CPU run time for a trained binary MLP.
 
     Parameters
     ----------
     source : list of ndarray or list of FoldedLayer
-        MLP parameters in ``get_all_param_values`` order (both kernels), or
-        folded layers (e.g. ``load_model(path).layers``; ``'xnor_cpu'`` only).
+        MLP parameters in ``get_all_param_values`` order, or folded layers
+        (``load_model(path).layers``; ``'xnor_cpu'`` only).
     kernel : {"xnor_cpu", "theano"}
         ``"xnor_cpu"``: packed bits between layers, :class:`PixelDense` /
         :class:`XnorDense`. ``"theano"``: Theano float32 inference of the same
-        binarized network (``T.dot`` with +-1 weights, float BatchNorm, sign).
+        binarized network (``T.dot`` with +-H weights, float BatchNorm, sign).
     input_encoding : {"pixels8", "float"}
-        First layer of the ``'xnor_cpu'`` kernel (see :func:`fold_mlp`);
-        ignored for folded layers, which carry their own thresholds.
+        First layer of the ``'xnor_cpu'`` kernel; ignored for folded layers, which
+        carry their own thresholds.
+    options : TrainingOptions, optional
+        Parameters only: ``--H`` and ``--batchnorm`` of the training run.
 
     Returns
     -------
-    RuntimeMLP
+    CpuMLP
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -892,19 +689,15 @@ def build_runtime_mlp(source, kernel="xnor_cpu", input_encoding="pixels8"):
         if folded_given:
             raise ValueError("the 'theano' float kernel needs the float parameters "
                              "(best_params.npz), not a binary model file")
-        x, scores = _build_theano(source)
-        functions = {"float32": theano.function([x], scores)}
-        input_kind = "float"
-        n_in, n_out = np.asarray(source[0]).shape[0], np.asarray(source[-6]).shape[1]
+        x, scores, n_in, n_out = _build_theano(source, options)
+        input_encoding = "float"
     else:
-        layers = source if folded_given else fold_mlp(source, input_encoding)
+        layers = source if folded_given else fold_mlp(source, input_encoding, options)
         if folded_given:
             input_encoding = "pixels8" if layers[0].thresholds is not None else "float"
         if len(layers) < 2:
             raise ValueError("the XNOR run-time needs at least two layers")
-        dtypes = ("float32", "uint8") if input_encoding == "pixels8" else ("float32",)
-        functions = {dtype: theano.function([x], scores) for dtype in dtypes
-                     for x, scores in [_build_xnor(layers, input_encoding, dtype)]}
-        input_kind = input_encoding
+        x, scores = _build_xnor(layers, input_encoding)
         n_in, n_out = layers[0].n_in, layers[-1].n_out
-    return RuntimeMLP(functions, kernel, input_kind, int(n_in), int(n_out))
+    function = theano.function([x], scores)
+    return CpuMLP(function, kernel, input_encoding, int(n_in), int(n_out))

@@ -13,6 +13,8 @@ import pytest
 from binary_net import binary_model as bm
 from binary_net import predict
 from binary_net import xnor_cpu as xc
+from binary_net.model.fold import TrainingOptions
+from binary_net.model.inputs import network_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,7 +98,7 @@ def test_round_trip_equality(exported):
 def test_file_predictions_equal_float_runtime(exported):
     params, _, model_path = exported
     images = digit_like_images(200, seed=1)
-    unit = images.reshape(200, -1).astype(np.float32) / np.float32(255)
+    unit = network_input(images.reshape(200, -1))
     float_labels = xc.build_runtime_mlp(params, kernel="theano").predict(unit)
     file_runtime = bm.load_model(model_path).runtime()
     np.testing.assert_array_equal(file_runtime.predict(images), float_labels)
@@ -148,10 +150,10 @@ def test_wrong_magic_and_version(exported, tmp_path):
     with pytest.raises(bm.ModelFileError) as excinfo:
         bm.load_model(path)
     assert_one_line_error(excinfo, path, "not a binary model file")
-    path = rewrite(data[:8] + struct.pack("<I", 2) + data[12:], tmp_path)
+    path = rewrite(data[:8] + struct.pack("<I", 3) + data[12:], tmp_path)
     with pytest.raises(bm.ModelFileError) as excinfo:
         bm.load_model(path)
-    assert_one_line_error(excinfo, path, "format version 2")
+    assert_one_line_error(excinfo, path, "format version 3")
     path = rewrite(data + b"\0" * 8, tmp_path)
     with pytest.raises(bm.ModelFileError) as excinfo:
         bm.load_model(path)
@@ -204,7 +206,88 @@ def test_export_checks_architecture(exported, tmp_path):
     missing = str(tmp_path / "nope.npz")
     with pytest.raises(bm.ModelFileError) as excinfo:
         bm.export_mlp(missing)
-    assert_one_line_error(excinfo, missing, "not a readable parameter file")
+    assert_one_line_error(excinfo, missing, "no such file")
+
+
+def version1_bytes(data):
+    """A version-2 file rewritten in the version-1 layout (5-field model header,
+    reserved 0 where version 2 stores H)."""
+    _, _, header_size, payload_size, _, _ = bm._PREAMBLE.unpack_from(data)
+    header = bytearray(data[bm._PREAMBLE.size:bm._PREAMBLE.size + header_size])
+    payload = data[bm._PREAMBLE.size + header_size:]
+    header = header[:20] + header[28:]
+    for index in range((len(header) - 20) // 64):
+        struct.pack_into("<I", header, 20 + 64 * index + 60, 0)
+    crc = zlib.crc32(payload, zlib.crc32(bytes(header)))
+    return bm._PREAMBLE.pack(bm.MAGIC, 1, len(header), payload_size, crc, 0) + bytes(header) \
+        + payload
+
+
+def test_version_1_files_are_still_read(exported, tmp_path):
+    params, _, model_path = exported
+    path = rewrite(version1_bytes(read(model_path)), tmp_path, "v1.bnn")
+    old = bm.load_model(path)
+    assert (old.batchnorm, old.fold_rule) == ("standard", "exact-rational")
+    assert all(layer.H == 1 for layer in old.layers)
+    new = bm.load_model(model_path)
+    assert (new.batchnorm, new.fold_rule) == ("standard", "float32-graph")
+    for a, b in zip(old.layers, new.layers):
+        np.testing.assert_array_equal(a.weight_bits, b.weight_bits)
+    with pytest.raises(ValueError, match="exact-rational"):
+        bm.save_model(old, str(tmp_path / "again.bnn"))
+
+
+def test_options_the_reader_cannot_honour_are_refused(exported, tmp_path):
+    data = bytearray(read(exported[2]))
+    for offset, value, fragment in ((20, 7, "BatchNorm kind 7"), (24, 9, "fold rule 9")):
+        changed = bytearray(data)
+        struct.pack_into("<I", changed, bm._PREAMBLE.size + offset, value)
+        path = rewrite(with_crc(bytes(changed)), tmp_path)
+        with pytest.raises(bm.ModelFileError) as excinfo:
+            bm.load_model(path)
+        assert_one_line_error(excinfo, path, fragment, "can honour")
+    changed = bytearray(data)
+    struct.pack_into("<f", changed, bm._PREAMBLE.size + 28 + 64 + 60, -1.)
+    path = rewrite(with_crc(bytes(changed)), tmp_path)
+    with pytest.raises(bm.ModelFileError) as excinfo:
+        bm.load_model(path)
+    assert_one_line_error(excinfo, path, "layer 2", "H = -1")
+
+
+def test_file_records_H_and_batchnorm(exported, tmp_path):
+    params = exported[0]
+    path = str(tmp_path / "glorot.bnn")
+    bm.export_params(params, path, TrainingOptions("Glorot", "shift"))
+    model = bm.load_model(path)
+    assert model.batchnorm == "shift"
+    widths = [784, 96, 96, 10]
+    for layer, (n_in, n_out) in zip(model.layers, zip(widths[:-1], widths[1:])):
+        assert layer.H == np.float32(np.sqrt(1.5 / (n_in + n_out)))
+        assert layer.batchnorm == "shift"
+
+
+def test_export_takes_the_run_options_from_config_json(exported, tmp_path, capsys):
+    params = exported[0]
+    run = tmp_path / "run"
+    run.mkdir()
+    np.savez(run / "best_params.npz", *params)
+    (run / "config.json").write_text(json.dumps({"H": 0.5, "batchnorm": "shift"}))
+    out = str(tmp_path / "run.bnn")
+    assert predict.main(["export", str(run / "best_params.npz"), out]) == 0
+    model = bm.load_model(out)
+    assert model.batchnorm == "shift" and all(layer.H == 0.5 for layer in model.layers)
+    assert predict.main(["export", str(run / "best_params.npz"), out, "--H", "1",
+                         "--batchnorm", "standard"]) == 0
+    model = bm.load_model(out)
+    assert model.batchnorm == "standard" and all(layer.H == 1 for layer in model.layers)
+    capsys.readouterr()
+    (run / "config.json").write_text(json.dumps({"H": "glorot"}))
+    assert predict.main(["export", str(run / "best_params.npz"), out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "--H 'glorot'" in err
+    (run / "config.json").write_text(json.dumps({"H": 1}))
+    assert predict.main(["export", str(run / "best_params.npz"), out, "--arch", "cifar10"]) == 2
+    assert "not a ConvNet" in capsys.readouterr().err
 
 
 def test_convnet_export_round_trip(tmp_path):
@@ -357,3 +440,22 @@ def test_predict_and_export_as_commands(exported, inputs, tmp_path):
     result = subprocess.run([sys.executable, "-m", "binary_net.binary_model", "info", out_model],
                             capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 0 and "layer 3: dense output 96 -> 10" in result.stdout
+
+
+def test_one_factory_and_one_contract_for_every_run_time(exported):
+    from binary_net import runtime
+    params, params_path, model_path = exported
+    images = digit_like_images(50, seed=3)
+    cpu = runtime.build_runtime(model_path)
+    gpu = runtime.build_runtime(model_path, device="gpu", backend="reference", engine="plain")
+    assert (type(cpu).__name__, cpu.device) == ("CpuMLP", "cpu")
+    assert (type(gpu).__name__, gpu.device) == ("GpuMLP", "gpu")
+    labels = cpu.predict(images)
+    for run_time in (cpu, gpu):
+        np.testing.assert_array_equal(run_time.predict(images), labels)
+        np.testing.assert_array_equal(run_time.predict(network_input(images)), labels)
+        np.testing.assert_array_equal(run_time.predict(images.reshape(50, -1), batch_size=7),
+                                      labels)
+        assert run_time.scores(images).shape == (50, 10)
+    with pytest.raises(ValueError, match="device"):
+        runtime.build_runtime(model_path, device="tpu")

@@ -14,6 +14,8 @@ import pytest
 
 import kernels
 from binary_net import gpu_runtime as gr
+from binary_net.model import fold
+from binary_net.model.inputs import network_input, pixels_from_network_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINED = os.path.join(ROOT, "results", "mnist-3x1024-120ep", "best_params.npz")
@@ -65,8 +67,12 @@ def test_specs_binarize_once_and_fold_batchnorm_parameters():
     assert [s.role for s in specs] == ["first", "hidden", "output"]
     assert specs[0].signs[0, 0] == 1 and set(np.unique(specs[0].signs)) == {-1, 1}
     np.testing.assert_array_equal(specs[1].signs, np.where(params[6] >= 0, 1, -1))
-    b, beta, gamma, mean, inv_std = params[7:12]
-    np.testing.assert_array_equal(specs[1].bn, [b, mean, gamma * inv_std, beta])
+    b, beta, gamma, mean, inv_std = params[1:6]
+    np.testing.assert_array_equal(specs[0].bn, [b, mean, gamma * inv_std, beta])
+    # hidden layers: the model layer's fold, written as an exact BatchNorm epilogue
+    thresholds, flip = fold.sign_thresholds(fold.bn_vectors(*params[7:12]), 1.0, -40, 40)
+    np.testing.assert_array_equal(specs[1].thresholds, [thresholds, flip])
+    np.testing.assert_array_equal(specs[1].bn, fold.threshold_bn(thresholds, flip))
     assert specs[1].bn.dtype == np.float32
 
 
@@ -81,7 +87,7 @@ def test_plan_uses_float_first_layer_and_xnor_after_it():
 
 
 def test_bad_parameter_lists_are_refused():
-    with pytest.raises(ValueError, match="6 arrays per layer"):
+    with pytest.raises(ValueError, match="not 6 per layer"):
         gr.specs_from_params(random_params([5, 4])[:5])
     with pytest.raises(ValueError, match="at least two layers"):
         gr.specs_from_params(random_params([5, 4]))
@@ -232,37 +238,39 @@ def pixel_inputs(rows, cols, seed=2):
     rng = np.random.default_rng(seed)
     pixels = rng.integers(0, 256, (rows, cols), dtype=np.uint8)
     pixels[:, ::3] = 0  # MNIST-like zeros
-    return pixels, (2 * (pixels.astype(np.float32) / np.float32(255)) - 1).astype(np.float32)
+    return pixels, network_input(pixels)
 
 
 def test_pixels_from_inputs_recovers_the_8bit_grid():
     pixels, X = pixel_inputs(30, 784)
-    np.testing.assert_array_equal(gr.pixels_from_inputs(X), pixels)
-    np.testing.assert_array_equal(gr.pixels_from_inputs(pixels), pixels)
+    np.testing.assert_array_equal(pixels_from_network_input(X), pixels)
+    np.testing.assert_array_equal(pixels_from_network_input(pixels), pixels)
 
 
-def test_pixel_thresholds_exact_with_negative_and_zero_gamma():
+def test_pixel_thresholds_come_from_the_model_fold_with_negative_and_zero_gamma():
     params = random_params([40, 24, 10], seed=4)
     params[3][:6] = [-1.0, -0.5, 0.0, -0.0, 0.0, 1e-30]  # gamma: flips and constants
     params[2][2:5] = [0.5, -0.5, 0.0]                     # beta decides the constants
     spec = gr.specs_from_params(params)[0]
-    thresholds = gr.pixel_thresholds(spec)
-    fallback = gr._exact_pixel_thresholds(spec.bn, spec.signs.astype(np.int64).sum(axis=0), 40)
-    np.testing.assert_array_equal(thresholds, fallback)
-    assert list(thresholds[1, :2]) == [1, 1]
-    # Check against exact rational arithmetic on every P of a few random images.
-    from fractions import Fraction
-    pixels, _ = pixel_inputs(20, 40, seed=5)
-    P = pixels.astype(np.int64) @ spec.signs.astype(np.int64)
-    sw = spec.signs.astype(np.int64).sum(axis=0)
-    b, mean, g, beta = spec.bn
-    for i in range(20):
-        for j in range(24):
-            x_w = Fraction(2 * int(P[i, j]), 255) - int(sw[j])
-            on = Fraction(float(g[j])) * (x_w + Fraction(float(b[j])) - Fraction(float(mean[j]))) \
-                + Fraction(float(beta[j])) >= 0
-            t, f = thresholds[:, j]
-            assert on == (P[i, j] <= t if f else P[i, j] >= t), (i, j)
+    want = fold.pixel_thresholds(fold.bn_vectors(*params[1:6]), 1.0,
+                                 spec.signs.astype(np.int64).sum(axis=0), 40)
+    np.testing.assert_array_equal(spec.thresholds, want)
+    assert list(spec.thresholds[1, :2]) == [1, 1]
+    # gamma = 0: constant sign(beta) (t = -255 * 40: always; t = 255 * 40 + 1: never)
+    assert list(spec.thresholds[0, 2:5]) == [-10200, 10201, -10200]
+
+
+def test_gpu_runtime_loads_bnn_files(tmp_path):
+    from binary_net import binary_model
+    params = random_params([100, 64, 70, 10], seed=6)
+    path = str(tmp_path / "m.bnn")
+    binary_model.export_params(params, path, fold.TrainingOptions(0.5, "shift"))
+    pixels, X = pixel_inputs(50, 100)
+    from_file = gr.build_runtime(path, "xnor", backend="reference", engine="plain")
+    direct = gr.build_runtime(params, "xnor", backend="reference", engine="plain",
+                              options=fold.TrainingOptions(0.5, "shift"))
+    np.testing.assert_array_equal(from_file.scores(pixels), direct.scores(X))
+    assert isinstance(from_file, gr.GpuMLP) and from_file.device == "gpu"
 
 
 def test_xnor_tc_on_reference_backend_equals_float_network():

@@ -284,11 +284,14 @@ def test_svhn_script_end_to_end(svhn_dir, tmp_path, monkeypatch):
 
 
 def test_mnist_preprocess_maps_unit_interval_to_pm1():
+    # MNIST images are p / 255; the network input is 2 p / 255 - 1 rounded once to
+    # float32 (binary_net.model.inputs.network_input, the run times' conversion too)
     X = np.zeros((2, 784), np.float32)
-    X[0, 0], X[1, 783] = 1., 0.25
+    X[0, 0], X[1, 783] = 1., np.float32(51 / 255)
     out = mnist.preprocess(X)
     assert out.shape == (2, 1, 28, 28) and out.dtype == np.float32
-    assert out[0, 0, 0, 0] == 1. and out[1, 0, 27, 27] == -0.5 and out[0, 0, 5, 5] == -1.
+    assert out[0, 0, 0, 0] == 1. and out[1, 0, 27, 27] == np.float32(-0.6)
+    assert out[0, 0, 5, 5] == -1.
 
 
 # -- --help and errors --------------------------------------------------------------------

@@ -1,5 +1,4 @@
 """Tests for binary_net.xnor_cpu: packing, XNOR GEMM, threshold folding, run-time."""
-from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -8,6 +7,8 @@ import theano
 import theano.tensor as T
 
 from binary_net import xnor_cpu as xc
+from binary_net.model.inputs import network_input
+from binary_net.model.params import ParamsError
 
 EDGE_SIZES = (1, 31, 32, 33, 63, 64, 65, 127, 511, 513)
 
@@ -168,86 +169,6 @@ def test_pixel_op_float_input_rounds_like_numpy_and_checks_range():
         fn(x, w16)
 
 
-# ---------------------------------------------------------------- threshold folding
-
-def exact_sign(s, b, beta, gamma, mean, inv_std, scale=Fraction(1), offset=0):
-    """Oracle: sign of g * (scale * s + offset + b - mean) + beta in rationals."""
-    g = Fraction(float(gamma)) * Fraction(float(inv_std))
-    value = g * (scale * s + offset + Fraction(float(b)) - Fraction(float(mean))) \
-        + Fraction(float(beta))
-    return value >= 0
-
-
-def test_fold_edge_cases_against_float_batchnorm():
-    k = 64
-    # (b, beta, gamma, mean, inv_std): dyadic values, so float64 BN is exact
-    cases = [
-        (0., 0., 1., 0., 1.),          # sign(s), tie at s = 0 -> +1
-        (0., -6., 2., 0., 1.),         # tie exactly at s = 3
-        (0.5, 0., 1., 0., 1.),         # crossing between integers
-        (0., 6., -2., 0., 1.),         # gamma < 0: +1 for s <= 3 (tie included)
-        (0., 0., -1., 0., 1.),         # -sign(s): +1 at 0
-        (1.5, 0.25, -0.5, -2., 4.),
-        (0., 1., 0., 3., 1.),          # gamma = 0, beta > 0: always +1
-        (0., 0., 0., 3., 1.),          # gamma = 0, beta = 0: always +1
-        (0., -1., 0., 3., 1.),         # gamma = 0, beta < 0: always -1
-        (0., -1., 1., 0., 0.),         # inv_std = 0: constant sign(beta)
-        (0., -1000., 1., 0., 1.),      # threshold beyond the range: never
-        (0., 1000., 1., 0., 1.),       # always
-        (0., 1000., -1., 0., 1.),      # flipped, always
-        (0., -1000., -1., 0., 1.),     # flipped, never
-        (-0.75, 0.125, 3., 1.25, 0.5),
-    ]
-    columns = [np.array(c, dtype=np.float32) for c in zip(*cases)]
-    thresholds, flip = xc.fold_sign_thresholds(*columns, -k, k)
-    s = np.arange(-k, k + 1)[:, None]
-    folded = xc.apply_thresholds_reference(s, thresholds, flip)
-    float_bn = xc.batchnorm_sign_reference(s, *columns)
-    np.testing.assert_array_equal(folded, float_bn)
-    assert folded[:, 6:8].all() and not folded[:, 8].any() and not folded[:, 9].any()
-    assert list(flip[[3, 4, 5]]) == [1, 1, 1] and list(flip[[0, 6, 8]]) == [0, 0, 0]
-
-
-def test_fold_random_float32_params_exact():
-    rng = np.random.RandomState(5)
-    n, k = 400, 200
-    b, beta, gamma, mean = (rng.randn(4, n) * [[3.], [2.], [1.], [10.]]).astype(np.float32)
-    gamma[:20] = 0
-    gamma[20:200] *= -1
-    inv_std = (rng.rand(n) + 0.01).astype(np.float32)
-    # push some crossings to (nearly) integer positions
-    beta[200:260] = (-(np.round(mean[200:260] - b[200:260]) - mean[200:260] + b[200:260])
-                     * gamma[200:260] * inv_std[200:260]).astype(np.float32)
-    thresholds, flip = xc.fold_sign_thresholds(b, beta, gamma, mean, inv_std, -k, k)
-    for s in range(-k, k + 1, 3):
-        got = xc.apply_thresholds_reference(np.array([s]), thresholds, flip)
-        want = [exact_sign(s, *p) for p in zip(b, beta, gamma, mean, inv_std)]
-        np.testing.assert_array_equal(got, want, err_msg=f"s = {s}")
-
-
-def test_fold_pixel_scale_exact():
-    rng = np.random.RandomState(6)
-    n, k = 50, 784
-    b, beta, gamma, mean = rng.randn(4, n).astype(np.float32)
-    inv_std = rng.rand(n).astype(np.float32)
-    gamma[:10] *= -1
-    offsets = rng.randint(-k, k, size=n)
-    thresholds, flip = xc.fold_sign_thresholds(b, beta, gamma, mean, inv_std, -255 * k, 255 * k,
-                                               scale=xc.PIXEL_SCALE, offset=list(offsets))
-    for i in range(n):
-        t = int(thresholds[i])
-        for s in (t - 1, t, t + 1):
-            got = xc.apply_thresholds_reference(np.array([s]), thresholds[i], flip[i])[0]
-            want = exact_sign(s, b[i], beta[i], gamma[i], mean[i], inv_std[i],
-                              scale=xc.PIXEL_SCALE, offset=int(offsets[i]))
-            assert got == want, (i, s)
-
-
-def test_fold_rejects_non_finite():
-    with pytest.raises(ValueError, match="finite"):
-        xc.fold_sign_thresholds([0.], [np.nan], [1.], [0.], [1.], -4, 4)
-
-
 # ---------------------------------------------------------------- run-time MLP
 
 def random_mlp_params(widths, rng):
@@ -277,7 +198,7 @@ def test_runtime_xnor_equals_theano(small_mlp):
     params, images = small_mlp
     theano_rt = xc.build_runtime_mlp(params, kernel="theano")
     xnor_rt = xc.build_runtime_mlp(params, kernel="xnor_cpu")
-    unit = images.astype(np.float32) / np.float32(255)
+    unit = network_input(images)
     float_scores = theano_rt.scores(unit)
     np.testing.assert_array_equal(xnor_rt.predict(unit), np.argmax(float_scores, axis=1))
     np.testing.assert_array_equal(xnor_rt.scores(images), xnor_rt.scores(unit))
@@ -290,7 +211,7 @@ def test_runtime_xnor_equals_theano(small_mlp):
 
 def test_runtime_float_first_layer_equals_theano(small_mlp):
     params, images = small_mlp
-    unit = images.astype(np.float32) / np.float32(255)
+    unit = network_input(images)
     xnor_rt = xc.build_runtime_mlp(params, kernel="xnor_cpu", input_encoding="float")
     theano_rt = xc.build_runtime_mlp(params, kernel="theano")
     np.testing.assert_array_equal(xnor_rt.predict(unit), theano_rt.predict(unit))
@@ -306,8 +227,8 @@ def test_theano_kernel_equals_lasagne_network(small_mlp, lasagne_seed):
     lasagne.layers.set_all_param_values(network, layer_params)
     out = lasagne.layers.get_output(network, deterministic=True)
     lasagne_fn = theano.function([x], out)
-    unit = images.astype(np.float32) / np.float32(255)
-    lasagne_scores = lasagne_fn((2. * unit - 1.).astype(np.float32).reshape(-1, 1, 28, 28))
+    unit = network_input(images)
+    lasagne_scores = lasagne_fn(unit.reshape(-1, 1, 28, 28))
     theano_rt = xc.build_runtime_mlp(layer_params, kernel="theano")
     xnor_rt = xc.build_runtime_mlp(layer_params, kernel="xnor_cpu")
     np.testing.assert_array_equal(theano_rt.predict(unit), np.argmax(lasagne_scores, axis=1))
@@ -319,7 +240,7 @@ def test_runtime_rejects_bad_inputs(small_mlp):
     xnor_rt = xc.build_runtime_mlp(params, kernel="xnor_cpu")
     with pytest.raises(ValueError, match="784"):
         xnor_rt.scores(np.zeros((2, 100), np.float32))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         xnor_rt.scores(np.full((2, 784), 2., np.float32))
     with pytest.raises(ValueError, match="kernel"):
         xc.build_runtime_mlp(params, kernel="gpu")
@@ -329,5 +250,5 @@ def test_mlp_param_shape_errors_name_the_array():
     rng = np.random.RandomState(9)
     params = random_mlp_params([20, 8, 4], rng)
     params[7] = params[7][:3]
-    with pytest.raises(ValueError, match="arr_7"):
-        xc.mlp_params_shapes(params)
+    with pytest.raises(ParamsError, match="arr_7"):
+        xc.build_runtime_mlp(params)
