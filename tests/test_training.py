@@ -355,7 +355,7 @@ def test_real_weight_evaluation_uses_W_and_records_the_sign_figure(real_eval):
     X, y = real_eval["splits"][2]
     real_scores, sign_scores = scores(X)
     assert not np.allclose(real_scores, sign_scores)
-    assert result["test_error"] == pytest.approx(100. * np.mean(real_scores.argmax(1) != y))
+    assert result["test_error_percent"] == pytest.approx(100. * np.mean(real_scores.argmax(1) != y))
     assert result["test_error_binary_weights_percent"] == pytest.approx(
         100. * np.mean(sign_scores.argmax(1) != y))
     saved = json.loads((real_eval["out"] / "result.json").read_text())
