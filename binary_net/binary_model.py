@@ -122,19 +122,13 @@ class BinaryModel:
 # ----------------------------------------------------------------------------
 
 def load_params_file(path):
-    """The ``arr_0..`` arrays of a ``best_params.npz`` in order (no pickle)."""
+    """The ``arr_0..`` arrays of a ``best_params.npz`` in order (no pickle);
+    :class:`ModelFileError` (one line) for a missing, damaged or wrong file."""
+    from .model.npzfile import NpzError, read_arrays
     try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = [k for k in data.files if k.startswith("arr_") and k[4:].isdigit()]
-            keys.sort(key=lambda k: int(k[4:]))
-            if not keys or [int(k[4:]) for k in keys] != list(range(len(keys))):
-                raise ModelFileError(path, "holds no arr_0, arr_1, ... parameter arrays")
-            return [data[k] for k in keys]
-    except ModelFileError:
-        raise
-    except (OSError, ValueError, EOFError) as error:
-        raise ModelFileError(path, f"not a readable parameter file ({_one_line(error)})") \
-            from error
+        return read_arrays(path, "a parameter file")
+    except NpzError as error:
+        raise ModelFileError(error.path, error.problem) from None
 
 
 def _one_line(error):

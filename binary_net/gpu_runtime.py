@@ -143,22 +143,11 @@ def _check_mlp_params(params):
 def load_params(path):
     """The ``arr_0, arr_1, ...`` arrays of a parameter file, in order.
 
-    Uses :func:`binary_net.binary_model.load_params_file` where Theano imports
-    (it shares the CPU run time's checks); the same reading otherwise.
+    Raises ``ValueError`` (:class:`binary_net.model.npzfile.NpzError`, one
+    line naming the file) for a missing, damaged or wrong file.
     """
-    if theano is not None:
-        from .binary_model import load_params_file
-        return load_params_file(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = sorted((k for k in data.files if k.startswith("arr_") and k[4:].isdigit()),
-                          key=lambda k: int(k[4:]))
-            if not keys or [int(k[4:]) for k in keys] != list(range(len(keys))):
-                raise ValueError(f"{path}: holds no arr_0, arr_1, ... parameter arrays")
-            return [data[k] for k in keys]
-    except (OSError, EOFError) as error:
-        raise ValueError(f"{path}: not a readable parameter file "
-                         f"({' '.join(str(error).split())})") from None
+    from .model.npzfile import read_arrays
+    return read_arrays(path, "a parameter file")
 
 
 def specs_from_params(params):

@@ -204,7 +204,7 @@ def test_export_checks_architecture(exported, tmp_path):
     missing = str(tmp_path / "nope.npz")
     with pytest.raises(bm.ModelFileError) as excinfo:
         bm.export_mlp(missing)
-    assert_one_line_error(excinfo, missing, "not a readable parameter file")
+    assert_one_line_error(excinfo, missing, "no such file")
 
 
 def test_convnet_export_round_trip(tmp_path):

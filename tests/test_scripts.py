@@ -255,7 +255,7 @@ def test_svhn_script_end_to_end(svhn_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "SVHN_VALID_PER_CLASS_TRAIN", 2)
     monkeypatch.setattr(datasets, "SVHN_VALID_PER_CLASS_EXTRA", 1)
     out_dir = tmp_path / "out"
-    status, out, err = run_main(svhn, ["--data-dir", str(svhn_dir),
+    status, out, err = run_main(svhn, ["--data-dir", str(svhn_dir), "--skip-md5",
                                        "--output-dir", str(out_dir)] + CONV_ARGS)
     assert status == 0, err
     assert "data: train 50, valid 20, test 20" in out
