@@ -163,10 +163,12 @@ def run(args, build_network, load_splits, preprocess, input_ndim=4, argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:
-        print("\n" + interrupted_message(interrupt, args.output_dir), file=sys.stderr)
+        evaluating = getattr(args, "evaluate", None)
+        print("\n" + interrupted_message(interrupt, None if evaluating else args.output_dir),
+              file=sys.stderr)
         return exit_status(interrupt)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _restore_sigterm(previous)
 
 
 class Terminated(KeyboardInterrupt):
@@ -178,8 +180,17 @@ def _raise_terminated(signum, frame):
 
 
 def _catch_sigterm():
-    """Make SIGTERM raise :class:`Terminated`; returns the previous handler."""
-    return signal.signal(signal.SIGTERM, _raise_terminated)
+    """Make SIGTERM raise :class:`Terminated`; returns the previous handler
+    (None outside the main thread, where signals cannot be caught)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return None
+
+
+def _restore_sigterm(previous):
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def exit_status(interrupt):
@@ -225,7 +236,7 @@ def script_entry(main, argv=None):
         print("\n" + interrupted_message(interrupt, None), file=sys.stderr)
         return exit_status(interrupt)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        _restore_sigterm(previous)
 
 
 def _build(args, build_network, input_ndim):
@@ -275,6 +286,7 @@ def _evaluate(args, build_network, load_splits, preprocess, input_ndim):
 
 
 def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
+    from .model.npzfile import NpzError
     backend = getattr(args, "backend", "theano")
     if backend == "jax":
         from .jax_backend import BackendError, require_jax
@@ -286,12 +298,20 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
     if os.path.exists(checkpoint) and not args.resume:
         raise RunError(f"{checkpoint} exists: add --resume to continue that run, "
                          "or choose another --output-dir")
+    saved_config = None
     if args.resume:
         # Fail before loading data and compiling when there is nothing to resume.
         from .model.npzfile import read_npz
         if not os.path.exists(checkpoint):
             raise RunError(f"--resume: no checkpoint at {checkpoint}")
-        read_npz(checkpoint, "a checkpoint", names=["meta"])
+        try:
+            meta = json.loads(str(read_npz(checkpoint, "a checkpoint", names=["meta"])["meta"]))
+            saved_config = meta["config"]
+        except (ValueError, KeyError, TypeError) as error:
+            if isinstance(error, NpzError):
+                raise
+            raise RunError(f"{checkpoint}: not a checkpoint of this program "
+                           f"({type(error).__name__}: {error})") from None
 
     splits = [subset(X, y, size) for (X, y), size in
               zip(load_splits(args), (args.train_size, args.valid_size, args.test_size))]
@@ -306,6 +326,9 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
     if config.get("backend") == "theano":
         del config["backend"]  # configs of Theano runs stay as they were
     print("config: " + json.dumps(config, sort_keys=True, allow_nan=False))
+    if saved_config is not None:
+        from .training import check_same_settings
+        check_same_settings(checkpoint, saved_config, config)  # before compiling
     config["command"] = " ".join([f"python {args.dataset}.py"]
                                  + [shlex.quote(a) for a in argv])
     _compiling_note()

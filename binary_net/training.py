@@ -38,7 +38,7 @@ from .model.npzfile import (NpzError, atomic_savez, atomic_write_text, read_arra
                             read_npz, remove_stale_tmp)
 
 __all__ = ["Trainer", "TrainingError", "atomic_savez", "save_params", "load_params",
-           "machine_description", "json_safe", "strict_json",
+           "machine_description", "json_safe", "strict_json", "check_same_settings",
            "evaluation_function", "evaluate_batches"]
 
 CHECKPOINT = "checkpoint.npz"
@@ -78,6 +78,25 @@ def json_safe(value):
 def strict_json(value, **kwargs):
     """``json.dumps`` of :func:`json_safe` ``(value)``: never ``NaN``/``Infinity``."""
     return json.dumps(json_safe(value), allow_nan=False, **kwargs)
+
+
+def check_same_settings(path, saved, current):
+    """Refuse to resume the checkpoint ``path`` saved with the settings ``saved``
+    under other ``current`` settings (the command and the backend may differ:
+    both backends compute the same step).
+
+    Raises
+    ------
+    TrainingError
+        Naming ``path`` and the settings that differ.
+    """
+    saved = json_safe(saved)
+    current = json_safe(current)
+    differing = sorted(k for k in set(saved) | set(current)
+                       if k not in ("command", "backend") and saved.get(k) != current.get(k))
+    if differing:
+        raise TrainingError(f"{path}: saved with other settings ({', '.join(differing)});"
+                            " resume with the same arguments or use a new --output-dir")
 
 
 def save_params(path, network):
@@ -329,13 +348,7 @@ class Trainer:
         if extra:
             raise TrainingError(f"{path}: holds {len(arrays) + extra} state arrays, this "
                                 f"network has {len(arrays)}: built with other settings?")
-        # The backend computes the same step: a run may move between them.
-        differing = sorted(k for k in set(meta["config"]) | set(self.config)
-                           if k not in ("command", "backend")
-                           and meta["config"].get(k) != self.config.get(k))
-        if differing:
-            raise TrainingError(f"{path}: saved with other settings ({', '.join(differing)});"
-                                " resume with the same arguments or use a new --output-dir")
+        check_same_settings(path, meta["config"], self.config)
         for index, (var, value) in enumerate(zip(self._state_vars, arrays)):
             current = var.get_value(borrow=True)
             if value.shape != current.shape or value.dtype != current.dtype:
