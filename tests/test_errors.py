@@ -358,7 +358,7 @@ def test_interrupt_message_names_a_checkpoint_only_when_one_exists(tmp_path, cap
         "interrupted; no checkpoint was written, nothing to resume")
     out.mkdir()
     npzfile.atomic_savez(str(out / "checkpoint.npz"),
-                         meta=np.array(json.dumps({"epoch": 7})))
+                         meta=np.array(json.dumps({"epoch": 7, "config": {}})))
 
     def terminate(args):
         os.kill(os.getpid(), signal.SIGTERM)
