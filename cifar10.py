@@ -7,7 +7,11 @@ Data: the CIFAR-10 python batches (cifar-10-batches-py); use --download to fetch
 """
 import sys
 
-from binary_net import cli
+try:
+    from binary_net import cli
+except KeyboardInterrupt:  # Ctrl-C while Python loads the modules
+    print("\ninterrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 # The paper's split: the first 45,000 of train; validation: the last 5,000.
@@ -31,4 +35,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.script_entry(main))

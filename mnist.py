@@ -6,7 +6,13 @@ Example, a short run on the real data (minutes on 2 cores):
 """
 import sys
 
-from binary_net import cli
+try:
+    import numpy as np
+
+    from binary_net import cli
+except KeyboardInterrupt:  # Ctrl-C while Python loads the modules
+    print("\ninterrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 # The paper's split: the first 50,000 of train; validation: the last 10,000.
@@ -40,12 +46,16 @@ def main(argv=None):
     parser = cli.training_parser("mnist", __doc__, dict(epochs=1000, batch_size=100,
                                                         lr_start=0.003, lr_end=3e-7))
     model = parser.add_argument_group("MLP")
-    model.add_argument("--num-units", type=int, default=4096, help="units per hidden layer")
-    model.add_argument("--num-hidden-layers", type=int, default=3, help="number of hidden layers")
-    model.add_argument("--dropout-in", type=float, default=0.2, help="input dropout")
-    model.add_argument("--dropout-hidden", type=float, default=0.5, help="hidden dropout")
+    model.add_argument("--num-units", type=cli.positive_int, default=4096,
+                       help="units per hidden layer")
+    model.add_argument("--num-hidden-layers", type=cli.positive_int, default=3,
+                       help="number of hidden layers")
+    model.add_argument("--dropout-in", type=cli.unit_interval(), default=0.2,
+                       help="input dropout probability, in [0, 1)")
+    model.add_argument("--dropout-hidden", type=cli.unit_interval(), default=0.5,
+                       help="hidden dropout probability, in [0, 1)")
     return cli.run(parser.parse_args(argv), build_network, load_splits, preprocess, argv=argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.script_entry(main))

@@ -8,12 +8,17 @@ Data: train_32x32.mat, test_32x32.mat, extra_32x32.mat (format 2); --download fe
 """
 import sys
 
-from binary_net import cli
+try:
+    from binary_net import cli
+except KeyboardInterrupt:  # Ctrl-C while Python loads the modules
+    print("\ninterrupted", file=sys.stderr)
+    sys.exit(130)
 
 
 def load_splits(args):
     from binary_net.datasets import SVHN
-    options = dict(data_dir=args.data_dir, download=args.download, dtype="uint8")
+    options = dict(data_dir=args.data_dir, download=args.download, dtype="uint8",
+                   verify_md5=getattr(args, "verify_md5", True))
     return [(s.X, s.y) for s in (SVHN("splitted_train", **options),
                                  SVHN("valid", **options), SVHN("test", **options))]
 
@@ -27,4 +32,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.script_entry(main))

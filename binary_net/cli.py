@@ -6,19 +6,23 @@ defaults, a loader for its three splits and a model builder; everything else
 """
 import argparse
 import json
+import math
 import os
 import shlex
+import signal
 import sys
 
 import numpy as np
 
 __all__ = ["training_parser", "run", "subset", "split_train_valid", "RunError",
-           "bytes_to_pm1", "binary_options", "convnet_main"]
+           "bytes_to_pm1", "binary_options", "convnet_main", "script_entry", "Terminated",
+           "interrupted_message", "checkpoint_epoch", "seed_value", "unit_interval",
+           "positive_int", "positive_float", "non_negative_int"]
 
 # Arguments that say where things are or how to show progress: a resumed run
 # may change them; every other argument must match the checkpoint's.
 LOCATION_ARGS = ("data_dir", "download", "output_dir", "resume", "progress",
-                 "eval_batch_size", "checkpoint_every")
+                 "eval_batch_size", "checkpoint_every", "evaluate", "verify_md5")
 # Flags added after the first recorded runs: left out of config.json at these
 # defaults, so earlier runs' configs and checkpoints stay as they were.
 LATER_DEFAULTS = {"stochastic_activations": False, "eval_weights": "binary"}
@@ -57,7 +61,7 @@ def training_parser(dataset, description, defaults):
                      help="learning rate reached after --epochs epochs")
     run.add_argument("--optimizer", choices=("adam", "shift-adamax"), default="adam",
                      help="Adam (the Theano runs) or the paper's shift-based AdaMax")
-    run.add_argument("--seed", type=int, default=1234,
+    run.add_argument("--seed", type=seed_value, default=1234,
                      help="seeds weight init, dropout, stochastic binarization and shuffling")
 
     model = parser.add_argument_group("binarization and BatchNorm")
@@ -78,8 +82,9 @@ def training_parser(dataset, description, defaults):
                        help='learning-rate factor for binary weights, a number or "Glorot"')
     model.add_argument("--batchnorm", choices=("standard", "shift"), default="standard",
                        help="standard or the paper's shift-based BatchNorm")
-    model.add_argument("--bn-alpha", type=_positive_float, default=0.1,
-                       help="running-average factor of BatchNorm")
+    model.add_argument("--bn-alpha", type=unit_interval(low_open=True, high_open=False),
+                       default=0.1,
+                       help="running-average factor of BatchNorm, in (0, 1]")
     model.add_argument("--bn-epsilon", type=_positive_float, default=1e-4,
                        help="added to the variance in BatchNorm")
 
@@ -105,6 +110,14 @@ def training_parser(dataset, description, defaults):
                       help="no progress bar (one line per epoch is still printed)")
     data.add_argument("--checkpoint-every", type=_positive_int, default=1, metavar="N",
                       help="write checkpoint.npz after every N-th epoch and the last")
+    data.add_argument("--evaluate", metavar="PARAMS", default=None,
+                      help="train nothing: evaluate a parameter file (best_params.npz, or a "
+                           "2016 arr_0.. file) with this network on the test set; prints "
+                           "the test error and writes evaluation.json to --output-dir")
+    if dataset == "svhn":
+        data.add_argument("--skip-md5", dest="verify_md5", action="store_false",
+                          help="do not check the official MD5 sums of the .mat files "
+                               "(for files of your own under the official names)")
 
     compute = parser.add_argument_group("compute")
     compute.add_argument("--backend", choices=("theano", "jax"), default="theano",
@@ -146,22 +159,145 @@ def run(args, build_network, load_splits, preprocess, input_ndim=4, argv=None):
         The command-line arguments, recorded with the results (default: sys.argv[1:]).
     """
     from .datasets import DatasetError
+    from .model.npzfile import NpzError, OutputError, check_output_dir
     from .training import TrainingError
 
+    previous = _catch_sigterm()
     try:
-        return _run(args, build_network, load_splits, preprocess, input_ndim,
-                    sys.argv[1:] if argv is None else list(argv))
-    except (DatasetError, TrainingError, RunError) as error:
+        # Before any data loading or compiling: a bad --output-dir fails now.
+        check_output_dir(args.output_dir)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if getattr(args, "evaluate", None):
+            return _evaluate(args, build_network, load_splits, preprocess, input_ndim)
+        return _run(args, build_network, load_splits, preprocess, input_ndim, argv)
+    except (DatasetError, TrainingError, RunError, NpzError, OutputError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with the same command plus --resume "
-              f"(checkpoint: {os.path.join(args.output_dir, 'checkpoint.npz')})",
+    except KeyboardInterrupt as interrupt:
+        evaluating = getattr(args, "evaluate", None)
+        print("\n" + interrupted_message(interrupt, None if evaluating else args.output_dir),
               file=sys.stderr)
-        return 130
+        return exit_status(interrupt)
+    finally:
+        _restore_sigterm(previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (:func:`script_entry`, :func:`run`)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _catch_sigterm():
+    """Make SIGTERM raise :class:`Terminated`; returns the previous handler
+    (None outside the main thread, where signals cannot be caught)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:
+        return None
+
+
+def _restore_sigterm(previous):
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_status(interrupt):
+    """130 after Ctrl-C, 143 after SIGTERM (the shell's 128 + signal number)."""
+    return 128 + (signal.SIGTERM if isinstance(interrupt, Terminated) else signal.SIGINT)
+
+
+def checkpoint_epoch(path):
+    """The epoch a checkpoint holds (read from its small ``meta`` array only),
+    or None when ``path`` is not a readable checkpoint."""
+    from .model.npzfile import NpzError, read_npz
+    if not os.path.isfile(path):
+        return None
+    try:
+        meta = json.loads(str(read_npz(path, "a checkpoint", names=["meta"])["meta"]))
+        return int(meta["epoch"])
+    except (NpzError, ValueError, KeyError, TypeError):
+        return None
+
+
+def interrupted_message(interrupt, output_dir):
+    """One line after Ctrl-C or SIGTERM: the checkpoint to resume from and the
+    epoch it holds, only when one exists."""
+    what = "terminated (SIGTERM)" if isinstance(interrupt, Terminated) else "interrupted"
+    if output_dir is None:
+        return what
+    checkpoint = os.path.join(output_dir, "checkpoint.npz")
+    epoch = checkpoint_epoch(checkpoint)
+    if epoch is None:
+        return f"{what}; no checkpoint was written, nothing to resume"
+    return (f"{what}; {checkpoint} holds epoch {epoch}: continue with the same command "
+            f"plus --resume")
+
+
+def script_entry(main, argv=None):
+    """Run a script's ``main(argv)`` so that Ctrl-C or SIGTERM at any point
+    (argument parsing, imports, training) ends with one line, no traceback;
+    returns the exit status."""
+    previous = _catch_sigterm()
+    try:
+        return main(argv)
+    except KeyboardInterrupt as interrupt:
+        print("\n" + interrupted_message(interrupt, None), file=sys.stderr)
+        return exit_status(interrupt)
+    finally:
+        _restore_sigterm(previous)
+
+
+def _build(args, build_network, input_ndim):
+    """Seed Lasagne's RNG (it draws the initial weights and the seeds of every
+    random stream), then build the network; returns ``(network, input_var)``."""
+    import lasagne
+    import theano.tensor as T
+    lasagne.random.set_rng(np.random.RandomState(args.seed))
+    input_var = T.TensorType("float32", (False,) * input_ndim)("inputs")
+    return build_network(input_var, args), input_var
+
+
+def _compiling_note():
+    import theano
+    print(f"compiling the network (Theano C code: the first run on a machine takes a few "
+          f"minutes; later runs reuse {theano.config.compiledir})", flush=True)
+
+
+def _evaluate(args, build_network, load_splits, preprocess, input_ndim):
+    """``--evaluate PARAMS``: the test error of a parameter file with the network
+    the other arguments describe (the deterministic pass the training reports)."""
+    from .model.npzfile import atomic_write_text
+    from .training import (evaluate_batches, evaluation_function, load_params,
+                           machine_description, strict_json)
+    params = args.evaluate
+    if not os.path.isfile(params):
+        raise RunError(f"--evaluate {params}: no such file")
+    X, y = subset(*load_splits(args)[2], args.test_size)
+    print(f"data: test {len(X)}")
+    network, input_var = _build(args, build_network, input_ndim)
+    load_params(params, network)
+    _compiling_note()
+    eval_fn = evaluation_function(network, input_var)
+    loss, error = evaluate_batches(eval_fn, X, np.asarray(y).reshape(-1).astype(np.int64),
+                                   preprocess, args.eval_batch_size or args.batch_size)
+    config = {key: value for key, value in sorted(vars(args).items())
+              if key not in LOCATION_ARGS}
+    record = {"dataset": args.dataset, "params": os.path.abspath(params),
+              "test_error": error, "test_loss": loss, "test_examples": len(X),
+              "config": config, "machine": machine_description()}
+    os.makedirs(args.output_dir, exist_ok=True)
+    out = os.path.join(args.output_dir, "evaluation.json")
+    atomic_write_text(out, strict_json(record, indent=2) + "\n")
+    print(f"test error {error:.2f}% (test loss {loss:.4f}, {len(X)} examples) with "
+          f"{params}; written to {out}")
+    return 0
 
 
 def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
+    from .model.npzfile import NpzError
     backend = getattr(args, "backend", "theano")
     if backend == "jax":
         from .jax_backend import BackendError, require_jax
@@ -176,21 +312,29 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
     if os.path.exists(checkpoint) and not args.resume:
         raise RunError(f"{checkpoint} exists: add --resume to continue that run, "
                          "or choose another --output-dir")
+    saved_config = None
+    if args.resume:
+        # Fail before loading data and compiling when there is nothing to resume.
+        from .model.npzfile import read_npz
+        if not os.path.exists(checkpoint):
+            raise RunError(f"--resume: no checkpoint at {checkpoint}")
+        try:
+            meta = json.loads(str(read_npz(checkpoint, "a checkpoint", names=["meta"])["meta"]))
+            saved_config = meta["config"]
+        except (ValueError, KeyError, TypeError) as error:
+            if isinstance(error, NpzError):
+                raise
+            raise RunError(f"{checkpoint}: not a checkpoint of this program "
+                           f"({type(error).__name__}: {error})") from None
 
     splits = [subset(X, y, size) for (X, y), size in
               zip(load_splits(args), (args.train_size, args.valid_size, args.test_size))]
     print("data: " + ", ".join(f"{name} {len(X)}" for name, (X, _) in
                                zip(("train", "valid", "test"), splits)))
 
-    # Seed Lasagne's RNG before building: it draws the initial weights and
-    # the seeds of every random stream (dropout, stochastic binarization).
-    import lasagne
-    import theano.tensor as T
     from .training import Trainer
 
-    lasagne.random.set_rng(np.random.RandomState(args.seed))
-    input_var = T.TensorType("float32", (False,) * input_ndim)("inputs")
-    network = build_network(input_var, args)
+    network, input_var = _build(args, build_network, input_ndim)
     config = {key: value for key, value in sorted(vars(args).items())
               if key not in LOCATION_ARGS}
     if config.get("backend") == "theano":
@@ -198,9 +342,13 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
     for key, default in LATER_DEFAULTS.items():
         if config.get(key, default) == default:
             config.pop(key, None)
-    print("config: " + json.dumps(config, sort_keys=True))
+    print("config: " + json.dumps(config, sort_keys=True, allow_nan=False))
+    if saved_config is not None:
+        from .training import check_same_settings
+        check_same_settings(checkpoint, saved_config, config)  # before compiling
     config["command"] = " ".join([f"python {args.dataset}.py"]
                                  + [shlex.quote(a) for a in argv])
+    _compiling_note()
     trainer = Trainer(network, input_var, args.lr_start, args.lr_end, args.epochs,
                       args.batch_size, optimizer=args.optimizer, preprocess=preprocess,
                       output_dir=args.output_dir, seed=args.seed, config=config,
@@ -217,18 +365,62 @@ def _run(args, build_network, load_splits, preprocess, input_ndim, argv):
     return 0
 
 
+def _number(text, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+
+
 def _positive_int(text):
-    value = int(text)
+    value = _number(text, int)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
 
 
-def _positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
     return value
+
+
+def _positive_float(text):
+    value = _number(text, float)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+positive_int = _positive_int
+positive_float = _positive_float
+
+
+def seed_value(text):
+    """argparse type: a seed numpy's RandomState takes, 0 .. 2**32 - 1."""
+    value = _number(text, int)
+    if not 0 <= value < 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be in 0 .. {2 ** 32 - 1}, got {text}")
+    return value
+
+
+def unit_interval(low_open=False, high_open=True):
+    """argparse type: a number in [0, 1) by default (``low_open``: 0 excluded,
+    ``high_open``: 1 excluded)."""
+    interval = f"{'(' if low_open else '['}0, 1{')' if high_open else ']'}"
+
+    def parse(text):
+        value = _number(text, float)
+        low_ok = value > 0 if low_open else value >= 0
+        high_ok = value < 1 if high_open else value <= 1
+        if not (math.isfinite(value) and low_ok and high_ok):
+            raise argparse.ArgumentTypeError(f"must be in {interval}, got {text}")
+        return value
+    parse.__name__ = f"number in {interval}"
+    return parse
 
 
 def _h_value(text):
@@ -264,7 +456,7 @@ def convnet_main(dataset, description, defaults, load_splits, model, argv=None):
     """
     parser = training_parser(dataset, description, defaults)
     parser.add_argument_group("ConvNet").add_argument(
-        "--width", type=float, default=1.0,
+        "--width", type=_positive_float, default=1.0,
         help="multiplies every conv and dense width (1.0: the paper's network)")
     args = parser.parse_args(argv)
 

@@ -51,49 +51,23 @@ import warnings
 
 import numpy as np
 
+from . import theano_flags
+
 _NUMPY = tuple(int(part) for part in np.__version__.split(".")[:2])
 # True on the newer stacks that need item 5 of the module doc.
 NEW_STACK = _NUMPY >= (1, 24) or sys.version_info >= (3, 12)
 NUMPY2 = _NUMPY >= (2, 0)
 
-_THEANO_DEFAULTS = (
-    ("floatX", "float32", ("floatX",)),
-    ("blas__ldflags", "", ("blas__ldflags", "blas.ldflags")),
-)
-
-
-def _user_set(names):
-    """True if any spelling in ``names`` appears in THEANO_FLAGS or a theanorc."""
-    flags = os.environ.get("THEANO_FLAGS", "")
-    keys = {item.split("=", 1)[0].strip() for item in flags.split(",") if "=" in item}
-    if keys & set(names):
-        return True
-    rc_paths = os.environ.get("THEANORC", "~/.theanorc:~/.theanorc.txt").split(os.pathsep)
-    for path in rc_paths:
-        path = os.path.expanduser(path)
-        if not os.path.isfile(path):
-            continue
-        with open(path) as handle:
-            for line in handle:
-                key = line.split("=", 1)[0].strip()
-                if "=" in line and (key in names or key.replace(".", "__") in names):
-                    return True
-    return False
+_user_set = theano_flags.user_set
 
 
 def _set_theano_defaults():
-    if "theano" in sys.modules:
+    if not theano_flags.add_defaults():
         # Too late for flags read at import; check the one that matters most.
         import theano
         if theano.config.floatX != "float32":
             warnings.warn("binary_net: Theano was imported before binary_net with "
                           "floatX=%s; the paper's setup uses float32" % theano.config.floatX)
-        return
-    additions = [f"{key}={value}" for key, value, names in _THEANO_DEFAULTS
-                 if not _user_set(names)]
-    if additions:
-        current = os.environ.get("THEANO_FLAGS", "")
-        os.environ["THEANO_FLAGS"] = ",".join(filter(None, [current] + additions))
 
 
 # Names removed from numpy that Theano-PyMC 1.1.2 and Lasagne 0.1 still use.

@@ -88,6 +88,7 @@ import gzip
 import hashlib
 import importlib
 import logging
+import math
 import operator
 import os
 import pickle
@@ -99,7 +100,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    'DatasetError', 'resolve_data_dir', 'download', 'verify_mnist',
+    'DatasetError', 'resolve_data_dir', 'download', 'verify_mnist', 'read_idx',
     'svhn_valid_mask', 'MNIST', 'CIFAR10', 'SVHN', 'BASE_URLS', 'MD5',
     'DATA_ENV_VAR', 'DATASET_NAMES', 'SVHN_VALID_PER_CLASS_TRAIN',
     'SVHN_VALID_PER_CLASS_EXTRA',
@@ -192,8 +193,11 @@ def resolve_data_dir(name, data_dir=None):
     Returns
     -------
     pathlib.Path
-        `data_dir` if given, else ``$BINARY_NET_DATA/<name>`` if that
-        variable is set and not empty, else ``~/.binary_net/data/<name>``.
+        `data_dir` if given (or ``data_dir/<name>`` when `data_dir` is the
+        folder that holds ``mnist/``, ``cifar10/``, ``svhn/``: that
+        sub-folder exists and `data_dir` itself holds none of the data
+        set's files), else ``$BINARY_NET_DATA/<name>`` if that variable is
+        set and not empty, else ``~/.binary_net/data/<name>``.
 
     Raises
     ------
@@ -204,7 +208,10 @@ def resolve_data_dir(name, data_dir=None):
         raise _err('name=%r' % (name,), 'unknown data set; expected one of %s'
                    % ', '.join(repr(n) for n in DATASET_NAMES))
     if data_dir is not None and str(data_dir) != '':
-        return Path(os.path.expanduser(os.fspath(data_dir)))
+        path = Path(os.path.expanduser(os.fspath(data_dir)))
+        if (path / name).is_dir() and not _holds_files_of(name, path):
+            return path / name
+        return path
     root = os.environ.get(DATA_ENV_VAR)
     if root:
         return Path(os.path.expanduser(root)) / name
@@ -214,6 +221,18 @@ def resolve_data_dir(name, data_dir=None):
 # ---------------------------------------------------------------------------
 # Shared helpers
 # ---------------------------------------------------------------------------
+
+def _holds_files_of(name, path):
+    """True if folder `path` holds any file (or folder) data set `name` reads."""
+    if name == 'mnist':
+        bases = [b for pair in _MNIST_FILES.values() for b in pair]
+        candidates = bases + [b + '.gz' for b in bases]
+    elif name == 'cifar10':
+        candidates = [_CIFAR_SUBDIR, _CIFAR_ARCHIVE, 'data_batch_1', 'test_batch']
+    else:
+        candidates = list(MD5['svhn'])
+    return any((path / c).exists() for c in candidates)
+
 
 def _check_which_set(which_set, allowed, cls_name):
     if which_set not in allowed:
@@ -318,8 +337,6 @@ _MNIST_FILES = {
     'train': ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte'),
     'test': ('t10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'),
 }
-_IDX_IMAGES_MAGIC = 2051
-_IDX_LABELS_MAGIC = 2049
 
 
 def _mnist_path(data_dir, base):
@@ -331,26 +348,39 @@ def _mnist_path(data_dir, base):
 
 
 def _read_bytes(path):
-    """Whole content of `path`, gunzipped if it ends with ``.gz``."""
+    """Whole content of `path`, gunzipped if it is a gzip file (by its first
+    two bytes, whatever its name)."""
     try:
-        if path.suffix == '.gz':
+        with open(path, 'rb') as fh:
+            gzipped = fh.read(2) == b'\x1f\x8b'
+        if gzipped:
             with gzip.open(path, 'rb') as fh:
                 return fh.read()
-        return path.read_bytes()
+        return Path(path).read_bytes()
     except (OSError, EOFError, zlib.error) as exc:
-        if path.suffix == '.gz' and not isinstance(exc, FileNotFoundError):
-            raise _err(path, 'corrupt gzip file (%s)' % _exc_text(exc),
-                       'delete it and download it again') from exc
-        raise _err(path, 'cannot read (%s)' % _exc_text(exc)) from exc
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)):
+            raise _err(path, 'cannot read (%s)' % _exc_text(exc)) from exc
+        raise _err(path, 'corrupt gzip file (%s)' % _exc_text(exc),
+                   'delete it and download it again') from exc
 
 
-def _read_idx(path, magic, ndim):
-    """Parse an IDX file of unsigned bytes; return a read-only uint8 array.
+def read_idx(path, ndim):
+    """Parse an IDX file of unsigned bytes (raw or gzip); return a read-only
+    uint8 array of `ndim` dimensions.
 
     The header is a big-endian magic number (``0x0800 + ndim``) followed
     by `ndim` big-endian uint32 dimensions; the payload must hold exactly
-    their product in bytes.
+    their product in bytes (computed in Python integers: no overflow) and
+    the first dimension (images, labels) must not be 0. The one IDX reader
+    of the project: the data sets and ``binary_net.predict`` use it.
+
+    Raises
+    ------
+    DatasetError
+        One line naming `path`: unreadable or corrupt gzip, wrong magic,
+        size not matching the header, no items.
     """
+    magic = 0x0800 + ndim
     raw = _read_bytes(path)
     header_len = 4 * (1 + ndim)
     if len(raw) < header_len:
@@ -362,7 +392,7 @@ def _read_idx(path, magic, ndim):
                    'file)' % (found, magic,
                               'image' if ndim == 3 else 'label'))
     dims = struct.unpack('>%dI' % ndim, raw[4:header_len])
-    expected = header_len + int(np.prod(dims, dtype=np.int64))
+    expected = header_len + math.prod(dims)  # Python ints: exact
     if len(raw) < expected:
         raise _err(path, 'truncated IDX file: header says %d bytes, file has '
                    '%d' % (expected, len(raw)))
@@ -370,6 +400,9 @@ def _read_idx(path, magic, ndim):
         raise _err(path, '%d trailing bytes after the IDX payload: header '
                    'says %d bytes, file has %d'
                    % (len(raw) - expected, expected, len(raw)))
+    if dims[0] == 0:
+        raise _err(path, 'the IDX header announces 0 %s'
+                   % ('images' if ndim == 3 else 'items'))
     return np.frombuffer(raw, dtype=np.uint8,
                          offset=header_len).reshape(dims)
 
@@ -425,8 +458,8 @@ class MNIST(_Dataset):
             if path is None:
                 raise _missing_file('%s[.gz]' % (self.data_dir / base))
             paths.append(path)
-        images = _read_idx(paths[0], _IDX_IMAGES_MAGIC, 3)
-        labels = _read_idx(paths[1], _IDX_LABELS_MAGIC, 1)
+        images = read_idx(paths[0], 3)
+        labels = read_idx(paths[1], 1)
         if images.shape[1:] != (28, 28):
             raise _err(paths[0], 'images are %dx%d, expected 28x28'
                        % images.shape[1:])
@@ -717,6 +750,28 @@ def _read_svhn_mat(path):
     return X.transpose(3, 2, 0, 1), y
 
 
+# (path, size, mtime) of files whose MD5 this process has checked.
+_VERIFIED = set()
+
+
+def _verify_official(path, expected):
+    """Refuse `path` unless its MD5 is `expected` (the official file's)."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    try:
+        got = _md5_file(path)
+    except OSError as exc:
+        raise _err(path, 'cannot read (%s)' % _exc_text(exc)) from exc
+    if got != expected:
+        raise _err(path, 'MD5 %s differs from the official file\'s %s (damaged or '
+                   'partial download?)' % (got, expected),
+                   'delete it and use --download, or pass --skip-md5 '
+                   '(verify_md5=False) for a file of your own')
+    _VERIFIED.add(key)
+
+
 class SVHN(_Dataset):
     """Street View House Numbers, format 2 (cropped 32x32 digits).
 
@@ -740,6 +795,11 @@ class SVHN(_Dataset):
         ``'float32'`` (default) or another float, values 0..255;
         ``'uint8'`` keeps the raw bytes (train_all: 1.8 GB instead of
         7 GB).
+    verify_md5 : bool, optional
+        Check each ``.mat`` file against the official MD5 (``MD5['svhn']``;
+        once per file, size and modification time in a process) and refuse
+        a file that differs (default). ``False`` for files of your own
+        under the official names (``svhn.py --skip-md5``).
 
     Attributes
     ----------
@@ -753,7 +813,7 @@ class SVHN(_Dataset):
     sets = tuple(_SVHN_PARTS)
 
     def __init__(self, which_set, start=None, stop=None, data_dir=None,
-                 download=False, dtype='float32'):
+                 download=False, dtype='float32', verify_md5=True):
         self._setup(which_set, data_dir, dtype)
         parts = _SVHN_PARTS[which_set]
         files = [_SVHN_FILES[p] for p in parts]
@@ -764,6 +824,8 @@ class SVHN(_Dataset):
         for f in files:
             if not (self.data_dir / f).is_file():
                 raise _missing_file(self.data_dir / f)
+            if verify_md5:
+                _verify_official(self.data_dir / f, MD5['svhn'][f])
 
         per_class = {'train': SVHN_VALID_PER_CLASS_TRAIN,
                      'extra': SVHN_VALID_PER_CLASS_EXTRA}

@@ -64,7 +64,7 @@ import sys
 import numpy as np
 
 from .model.npzfile import NpzError, read_arrays
-from .model.textfile import atomic_write_text
+from .model.npzfile import atomic_write_text
 
 __all__ = ["FilterStats", "binary_codes", "layer_statistics", "analyze_arrays",
            "analyze_file", "format_table", "main"]

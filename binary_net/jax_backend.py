@@ -285,7 +285,7 @@ def _register_scalar_ops():
         "Pow": lambda op, a, b: j().power(a, b),
         "Neg": lambda op, a: j().negative(a),
         "Abs": lambda op, a: j().abs(a),
-        "Sgn": lambda op, a: j().sign(a),
+        "Sgn": lambda op, a: _exact_sign(a),
         "Sqr": lambda op, a: a * a,
         "Sqrt": lambda op, a: j().sqrt(a),
         "Inv": lambda op, a: 1 / a,
@@ -298,10 +298,10 @@ def _register_scalar_ops():
         "Floor": lambda op, a: j().floor(a), "Ceil": lambda op, a: j().ceil(a),
         "Trunc": lambda op, a: j().trunc(a),
         "RoundHalfToEven": lambda op, a: j().round(a),
-        "RoundHalfAwayFromZero": lambda op, a: j().sign(a) * j().floor(j().abs(a) + 0.5),
-        "EQ": lambda op, a, b: a == b, "NEQ": lambda op, a, b: a != b,
-        "LT": lambda op, a, b: a < b, "LE": lambda op, a, b: a <= b,
-        "GT": lambda op, a, b: a > b, "GE": lambda op, a, b: a >= b,
+        "RoundHalfAwayFromZero": lambda op, a: _exact_sign(a) * j().floor(j().abs(a) + 0.5),
+        "EQ": _exact_compare("equal"), "NEQ": _exact_compare("not_equal"),
+        "LT": _exact_compare("less"), "LE": _exact_compare("less_equal"),
+        "GT": _exact_compare("greater"), "GE": _exact_compare("greater_equal"),
         "IsNan": lambda op, a: j().isnan(a), "IsInf": lambda op, a: j().isinf(a),
         "AND": variadic("bitwise_and"), "OR": variadic("bitwise_or"),
         "XOR": variadic("bitwise_xor"), "Invert": lambda op, a: j().invert(a),
@@ -327,9 +327,56 @@ def _register_scalar_ops():
         pass
 
     from .binarization import Round3, SignStraightThrough
-    _SCALAR_IMPLS[Round3] = lambda op, a: j().sign(a) * j().floor(j().abs(a) + 0.5)
+    _SCALAR_IMPLS[Round3] = lambda op, a: _exact_sign(a) * j().floor(j().abs(a) + 0.5)
     # +1 where x >= 0 else -1 (NaN gives -1, as the C code's 2 * (x >= 0) - 1)
-    _SCALAR_IMPLS[SignStraightThrough] = lambda op, a: j().where(a >= 0, 1, -1).astype(a.dtype)
+    _SCALAR_IMPLS[SignStraightThrough] = lambda op, a: j().where(
+        _exact_compare("greater_equal")(op, a, j().zeros((), j().asarray(a).dtype)),
+        1, -1).astype(j().asarray(a).dtype)
+
+
+# XLA flushes subnormal floats to zero (FTZ/DAZ) on CPU and GPU, so ``x >= 0``
+# is True and ``sign(x)`` is 0 for x = -1e-40 there, where Theano's C code and
+# every packer see a negative number. Comparisons and signs of floats are
+# therefore done on the bit patterns, which no flushing touches.
+_UINT_OF_FLOAT = {2: "uint16", 4: "uint32", 8: "uint64"}
+_INT_OF_FLOAT = {2: "int16", 4: "int32", 8: "int64"}
+
+
+def _order_key(x):
+    """Integers ordered as the float values of ``x`` (subnormals included;
+    -0 and +0 equal); NaN gives an arbitrary key (callers mask it)."""
+    jnp, lax = _jnp(), _jax().lax
+    size = jnp.dtype(x.dtype).itemsize
+    bits = lax.bitcast_convert_type(x, jnp.dtype(_INT_OF_FLOAT[size]))
+    magnitude = bits & jnp.asarray((1 << (8 * size - 1)) - 1, bits.dtype)
+    return jnp.where(bits < 0, -magnitude, magnitude)
+
+
+def _exact_compare(name):
+    """A comparison op exact for subnormal floats (IEEE semantics: NaN
+    compares unequal to everything, -0 == +0)."""
+    def impl(op, a, b):
+        jnp = _jnp()
+        a, b = jnp.asarray(a), jnp.asarray(b)
+        dtype = jnp.result_type(a, b)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            return getattr(jnp, name)(a, b)
+        a, b = a.astype(dtype), b.astype(dtype)
+        result = getattr(jnp, name)(_order_key(a), _order_key(b))
+        nan = jnp.isnan(a) | jnp.isnan(b)
+        return jnp.where(nan, name == "not_equal", result)
+    return impl
+
+
+def _exact_sign(a):
+    """``numpy.sign`` exact for subnormals: -1, 0 (for ±0), +1, NaN for NaN."""
+    jnp = _jnp()
+    a = jnp.asarray(a)
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        return jnp.sign(a)
+    key = _order_key(a)
+    sign = jnp.where(key > 0, 1, jnp.where(key < 0, -1, 0)).astype(a.dtype)
+    return jnp.where(jnp.isnan(a), a, sign)
 
 
 def _runtime(value):

@@ -146,9 +146,10 @@ class BatchNormLayer(lasagne.layers.Layer):
     Parameters
     ----------
     incoming : Layer or tuple
-    axes : "auto" or tuple of int
-        Axes to normalize over; "auto" is the batch axis plus all axes from 2 on
-        (per feature for dense layers, per channel for conv layers).
+    axes : "auto", "spatial", "per-activation", int or tuple of int
+        Axes to normalize over; "auto" (the default) and "spatial" are the
+        batch axis plus all axes from 2 on (per feature for dense layers, per
+        channel for conv layers); "per-activation" is the batch axis only.
     epsilon, alpha : float
         Paper settings: 1e-4 and 0.1.
     shift_based : bool
@@ -156,15 +157,28 @@ class BatchNormLayer(lasagne.layers.Layer):
         ``mean(c * ap2(c))`` with ``c = x - mean``, and the multiplications by
         ``inv_std`` and ``gamma`` become multiplications by their powers of
         two (:func:`binary_net.binarization.ap2`), i.e. shifts.
-    beta, gamma, mean, inv_std : initializers
+    beta, gamma : initializer, shared variable, array or None
+        As in Lasagne 0.2: ``None`` fixes beta to 0 (gamma to 1) instead of
+        learning it; no parameter is created then. Otherwise beta is tagged
+        ``trainable`` and gamma ``trainable`` and ``regularizable``.
+    mean, inv_std : initializer, shared variable or array
+        The running statistics, tagged neither ``trainable`` nor
+        ``regularizable`` (``get_all_params(network, trainable=True)`` leaves
+        them out; the training step updates them as default updates).
+
+    Source: Lasagne 0.2's ``lasagne.layers.BatchNormLayer`` (its documented
+    parameters, tags and outputs), plus the paper's shift-based variant
+    (arXiv:1602.02830v3, Algorithm 3).
     """
 
     def __init__(self, incoming, axes="auto", epsilon=1e-4, alpha=0.1, shift_based=False,
                  beta=lasagne.init.Constant(0), gamma=lasagne.init.Constant(1),
                  mean=lasagne.init.Constant(0), inv_std=lasagne.init.Constant(1), **kwargs):
         super().__init__(incoming, **kwargs)
-        if axes == "auto":
+        if axes in ("auto", "spatial"):
             axes = (0,) + tuple(range(2, len(self.input_shape)))
+        elif axes == "per-activation":
+            axes = (0,)
         elif isinstance(axes, int):
             axes = (axes,)
         self.axes = tuple(axes)
@@ -174,8 +188,10 @@ class BatchNormLayer(lasagne.layers.Layer):
         shape = [size for axis, size in enumerate(self.input_shape) if axis not in self.axes]
         if any(size is None for size in shape):
             raise ValueError("BatchNormLayer needs fixed sizes on all axes not normalized over")
-        self.beta = self.add_param(beta, shape, "beta", trainable=True, regularizable=False)
-        self.gamma = self.add_param(gamma, shape, "gamma", trainable=True, regularizable=True)
+        self.beta = None if beta is None else self.add_param(
+            beta, shape, "beta", trainable=True, regularizable=False)
+        self.gamma = None if gamma is None else self.add_param(
+            gamma, shape, "gamma", trainable=True, regularizable=True)
         self.mean = self.add_param(mean, shape, "mean", trainable=False, regularizable=False)
         self.inv_std = self.add_param(inv_std, shape, "inv_std", trainable=False,
                                       regularizable=False)
@@ -221,11 +237,12 @@ class BatchNormLayer(lasagne.layers.Layer):
             inv_std = inv_std + 0 * running_inv_std
 
         pattern = self._pattern(input.ndim)
-        gamma = self.gamma
         if self.shift_based:
-            gamma, inv_std = ap2(gamma), ap2(inv_std)
-        return ((input - mean.dimshuffle(pattern)) * (gamma * inv_std).dimshuffle(pattern)
-                + self.beta.dimshuffle(pattern))
+            inv_std = ap2(inv_std)
+        scale = inv_std if self.gamma is None else (
+            (ap2(self.gamma) if self.shift_based else self.gamma) * inv_std)
+        normalized = (input - mean.dimshuffle(pattern)) * scale.dimshuffle(pattern)
+        return normalized if self.beta is None else normalized + self.beta.dimshuffle(pattern)
 
 
 class BinaryTanhLayer(lasagne.layers.NonlinearityLayer):

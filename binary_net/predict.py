@@ -18,46 +18,56 @@ for the ConvNets (32x32; alpha is ignored). One line per image:
 ``--json``. Problems print one ``error: ...`` line and exit with status 2.
 """
 import argparse
-import gzip
 import json
 import os
 import sys
 
 import numpy as np
 
-__all__ = ["read_idx_images", "read_png", "collect_inputs", "InputError", "main"]
-
-IDX_UBYTE_3D_MAGIC = 0x00000803
+__all__ = ["read_idx_images", "read_idx_labels", "sibling_labels", "read_png",
+           "collect_inputs", "InputError", "main"]
 
 
 class InputError(ValueError):
     """An input that cannot be classified; one line naming it."""
 
 
-def _open_maybe_gzip(path):
-    with open(path, "rb") as handle:
-        head = handle.read(2)
-    return gzip.open(path, "rb") if head == b"\x1f\x8b" else open(path, "rb")
-
-
 def read_idx_images(path):
-    """uint8 images (N, rows, cols) from an IDX ``ubyte`` 3-D file (raw or gzip)."""
+    """uint8 images (N, rows, cols) from an IDX ``ubyte`` 3-D file (raw or gzip).
+
+    The project's one IDX reader (:func:`binary_net.datasets.read_idx`);
+    :class:`InputError` (one line naming the file) for any damage.
+    """
+    from .datasets import DatasetError, read_idx
     try:
-        with _open_maybe_gzip(path) as handle:
-            data = handle.read()
-    except (OSError, EOFError) as error:
-        raise InputError(f"{path}: cannot read ({' '.join(str(error).split())})") from error
-    if len(data) < 16:
-        raise InputError(f"{path}: not an IDX image file ({len(data)} bytes)")
-    magic, count, rows, cols = (int.from_bytes(data[i:i + 4], "big") for i in range(0, 16, 4))
-    if magic != IDX_UBYTE_3D_MAGIC:
-        raise InputError(f"{path}: not an IDX image file (magic 0x{magic:08x}, expected "
-                         f"0x{IDX_UBYTE_3D_MAGIC:08x})")
-    expected = 16 + count * rows * cols
-    if len(data) != expected:
-        raise InputError(f"{path}: IDX file has {len(data)} bytes, its header announces "
-                         f"{expected}")
-    return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(count, rows, cols)
+        return read_idx(path, 3)
+    except DatasetError as error:
+        raise InputError(str(error)) from None
+
+
+def read_idx_labels(path):
+    """uint8 labels (N,) from an IDX ``ubyte`` 1-D file (raw or gzip)."""
+    from .datasets import DatasetError, read_idx
+    try:
+        return read_idx(path, 1)
+    except DatasetError as error:
+        raise InputError(str(error)) from None
+
+
+def sibling_labels(path):
+    """The label file that goes with an IDX image file named like MNIST's
+    (``...-images-idx3-ubyte[.gz]`` -> ``...-labels-idx1-ubyte[.gz]``), if it
+    exists; else None."""
+    name = os.path.basename(path)
+    if "-images-idx3-ubyte" not in name:
+        return None
+    stem = name.split("-images-idx3-ubyte")[0] + "-labels-idx1-ubyte"
+    folder = os.path.dirname(path)
+    for candidate in (stem, stem + ".gz"):
+        full = os.path.join(folder, candidate)
+        if os.path.isfile(full):
+            return full
+    return None
 
 
 def read_png(path, channels=1):
@@ -143,6 +153,32 @@ def _check_sizes(blocks, names, input_shape):
         start += block.shape[0]
 
 
+def _collect_labels(args, blocks):
+    """True labels for every image (or None): the ``--labels`` files, else the
+    sibling label files of MNIST-named IDX inputs when every input has one."""
+    idx_inputs = [path for path in args.inputs
+                  if not os.path.isdir(path) and not path.lower().endswith(".png")]
+    if args.labels:
+        if len(args.labels) != len(args.inputs) or len(idx_inputs) != len(args.inputs):
+            raise InputError(f"--labels: give one IDX label file per IDX image file "
+                             f"({len(args.labels)} label files for {len(args.inputs)} inputs)")
+        sources = args.labels
+    elif args.auto_labels and idx_inputs and len(idx_inputs) == len(args.inputs):
+        sources = [sibling_labels(path) for path in idx_inputs]
+        if None in sources:
+            return None, None
+    else:
+        return None, None
+    truth = []
+    for source, images, block in zip(sources, args.inputs, blocks):
+        labels = read_idx_labels(source)
+        if len(labels) != len(block):
+            raise InputError(f"{source}: {len(labels)} labels, but {images} has "
+                             f"{len(block)} images")
+        truth.append(labels)
+    return np.concatenate(truth).astype(np.int64), sources
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m binary_net.predict",
@@ -155,6 +191,13 @@ def build_parser():
                         help="IDX image files (raw or .gz), PNG files or directories of PNGs")
     parser.add_argument("--batch-size", type=int, default=1000,
                         help="images per run-time call (1: one by one; default 1000)")
+    parser.add_argument("--labels", metavar="IDX", action="append", default=None,
+                        help="IDX label file (raw or .gz) of an IDX image input, one per "
+                             "image file in order; then the error rate is printed (to "
+                             "stderr). Without it, an MNIST-named image file's sibling "
+                             "label file (t10k-images -> t10k-labels) is used when present")
+    parser.add_argument("--no-labels", dest="auto_labels", action="store_false",
+                        help="do not look for sibling label files")
     parser.add_argument("--scores", action="store_true", help="also print the 10 scores")
     parser.add_argument("--json", action="store_true", help="print one JSON list")
     return parser
@@ -171,12 +214,17 @@ def _predict(argv):
         blocks, names = collect_inputs(args.inputs, model.input_shape[0])
         _check_sizes(blocks, names, model.input_shape)
         images = np.concatenate([b.reshape(b.shape[0], -1) for b in blocks])
+        truth, label_sources = _collect_labels(args, blocks)
         runtime = model.runtime("cpu")
     except (InputError, ModelFileError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     scores = runtime.scores(images, batch_size=args.batch_size)
     labels = np.argmax(scores, axis=1)
+    if truth is not None:
+        wrong = int(np.sum(labels != truth))
+        print(f"error rate {100. * wrong / len(truth):.2f}% ({wrong} of {len(truth)} "
+              f"images wrong; labels: {', '.join(label_sources)})", file=sys.stderr)
     if args.json:
         records = [{"input": name, "label": int(label)}
                    | ({"scores": [float(v) for v in row]} if args.scores else {})
@@ -190,13 +238,24 @@ def _predict(argv):
 
 
 def main(argv=None):
+    """The command line; Ctrl-C ends with one line (exit status 130)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export":
         from .binary_model import ModelFileError, build_export_parser, run_export
+        from .model.npzfile import OutputError, check_output_file
         args = build_export_parser("python -m binary_net.predict export").parse_args(argv[1:])
         try:
+            check_output_file(args.output, "OUT.bnn")
             model = run_export(args)
-        except (ModelFileError, ValueError) as error:
+        except (ModelFileError, OutputError, ValueError) as error:
             print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
             return 2
         print(f"wrote {args.output} ({os.path.getsize(args.output)} bytes, "

@@ -37,11 +37,12 @@ import theano.tensor as T
 from .layers import binary_layers
 from .report import with_percent_keys
 from .updates import binary_updates, squared_hinge_loss
-from .model.npzfile import atomic_savez
-from .model.textfile import atomic_write_text
+from .model.npzfile import (NpzError, atomic_savez, atomic_write_text, read_arrays,
+                            read_npz, remove_stale_tmp)
 
 __all__ = ["Trainer", "TrainingError", "atomic_savez", "save_params", "load_params",
-           "machine_description"]
+           "machine_description", "json_safe", "strict_json", "check_same_settings",
+           "evaluation_function", "evaluate_batches"]
 
 CHECKPOINT = "checkpoint.npz"
 BEST_PARAMS = "best_params.npz"
@@ -64,6 +65,43 @@ class TrainingError(RuntimeError):
     """A run that cannot go on (diverged loss, unusable checkpoint)."""
 
 
+def json_safe(value):
+    """``value`` with every non-finite float (NaN, inf) replaced by ``None``,
+    so that ``json.dumps(..., allow_nan=False)`` gives strict JSON (RFC 8259
+    has no NaN or Infinity)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def strict_json(value, **kwargs):
+    """``json.dumps`` of :func:`json_safe` ``(value)``: never ``NaN``/``Infinity``."""
+    return json.dumps(json_safe(value), allow_nan=False, **kwargs)
+
+
+def check_same_settings(path, saved, current):
+    """Refuse to resume the checkpoint ``path`` saved with the settings ``saved``
+    under other ``current`` settings (the command and the backend may differ:
+    both backends compute the same step).
+
+    Raises
+    ------
+    TrainingError
+        Naming ``path`` and the settings that differ.
+    """
+    saved = json_safe(saved)
+    current = json_safe(current)
+    differing = sorted(k for k in set(saved) | set(current)
+                       if k not in ("command", "backend") and saved.get(k) != current.get(k))
+    if differing:
+        raise TrainingError(f"{path}: saved with other settings ({', '.join(differing)});"
+                            " resume with the same arguments or use a new --output-dir")
+
+
 def save_params(path, network):
     """Save all parameter values as ``arr_0..`` (the 2016 code's layout)."""
     atomic_savez(path, *lasagne.layers.get_all_param_values(network))
@@ -73,12 +111,9 @@ def load_params(path, network):
     """Load an ``arr_0..`` parameter file into ``network``, checking every shape."""
     params = lasagne.layers.get_all_params(network)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            keys = sorted((k for k in data.files if k.startswith("arr_")),
-                          key=lambda k: int(k[4:]))
-            values = [data[k] for k in keys]
-    except (OSError, ValueError, EOFError) as error:
-        raise TrainingError(f"{path}: not a readable parameter file ({error})") from error
+        values = read_arrays(path, "a parameter file")
+    except NpzError as error:
+        raise TrainingError(str(error)) from None
     if len(values) != len(params):
         raise TrainingError(f"{path}: holds {len(values)} arrays, the network has "
                             f"{len(params)} parameters")
@@ -89,6 +124,29 @@ def load_params(path, network):
                                 f"the network expects {expected}")
     for param, value in zip(params, values):
         param.set_value(value.astype(param.dtype))
+
+
+def evaluation_function(network, input_var, num_classes=10):
+    """Compile the deterministic pass's ``(inputs, ±1 targets) -> [mean squared
+    hinge loss, error count]`` (what :class:`Trainer` validates and tests with),
+    without compiling a training step."""
+    target_var = T.matrix("targets")
+    output = lasagne.layers.get_output(network, deterministic=True)
+    loss = squared_hinge_loss(output, target_var)
+    errors = T.sum(T.neq(T.argmax(output, axis=1), T.argmax(target_var, axis=1)))
+    return theano.function([input_var, target_var], [loss, errors], mode=compile_mode())
+
+
+def evaluate_batches(eval_fn, X, y, preprocess, batch_size, num_classes=10):
+    """Mean loss and error rate (percent) of ``eval_fn`` over all of ``X`` in
+    minibatches of ``batch_size`` (labels ``y`` 1-D ints)."""
+    loss_sum, errors = 0., 0
+    for start in range(0, len(X), batch_size):
+        xb, yb = X[start:start + batch_size], y[start:start + batch_size]
+        loss, err = eval_fn(preprocess(xb), one_hot_pm1(yb, num_classes))
+        loss_sum += float(loss) * len(xb)
+        errors += int(err)
+    return loss_sum / len(X), 100. * errors / len(X)
 
 
 def machine_description():
@@ -220,6 +278,7 @@ class Trainer:
         self._state_vars = self._collect_state(network, self.train_fn)
         self.history = []
         self.start_epoch = 0
+        self.checkpoint_epoch = None  # epoch of the checkpoint on disk, once known
         self.best = {"valid_error": math.inf, "epoch": 0, "test_error": None,
                      "test_loss": None}
 
@@ -299,8 +358,9 @@ class Trainer:
                                                float(cached)]}
         arrays = {f"state_{i}": var.get_value(borrow=True)
                   for i, var in enumerate(self._state_vars)}
-        atomic_savez(self.checkpoint_path(), meta=np.array(json.dumps(meta)),
+        atomic_savez(self.checkpoint_path(), meta=np.array(strict_json(meta)),
                      rng_keys=keys, **arrays)
+        self.checkpoint_epoch = epoch
 
     def load_checkpoint(self, path=None):
         """Restore the state saved by :meth:`save_checkpoint`; returns the epoch."""
@@ -308,23 +368,23 @@ class Trainer:
         if not os.path.exists(path):
             raise TrainingError(f"--resume: no checkpoint at {path}")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(str(data["meta"]))
-                keys = data["rng_keys"]
-                arrays = [data[f"state_{i}"] for i in range(len(self._state_vars))]
-                extra = len([k for k in data.files if k.startswith("state_")]) - len(arrays)
-        except (OSError, ValueError, KeyError, EOFError) as error:
-            raise TrainingError(f"{path}: unreadable checkpoint ({error})") from error
+            data = read_npz(path, "a checkpoint")
+        except NpzError as error:
+            raise TrainingError(str(error)) from None
+        try:
+            meta = json.loads(str(data["meta"]))
+            keys = data["rng_keys"]
+            arrays = [data[f"state_{i}"] for i in range(len(self._state_vars))]
+            extra = len([k for k in data if k.startswith("state_")]) - len(arrays)
+            rng_name, pos, has_gauss, cached = meta["rng"]
+            meta["epoch"], meta["history"], meta["best"], meta["config"]
+        except (KeyError, ValueError, TypeError) as error:
+            raise TrainingError(f"{path}: not a checkpoint of this program "
+                                f"({type(error).__name__}: {error})") from None
         if extra:
             raise TrainingError(f"{path}: holds {len(arrays) + extra} state arrays, this "
                                 f"network has {len(arrays)}: built with other settings?")
-        # The backend computes the same step: a run may move between them.
-        differing = sorted(k for k in set(meta["config"]) | set(self.config)
-                           if k not in ("command", "backend")
-                           and meta["config"].get(k) != self.config.get(k))
-        if differing:
-            raise TrainingError(f"{path}: saved with other settings ({', '.join(differing)});"
-                                " resume with the same arguments or use a new --output-dir")
+        check_same_settings(path, meta["config"], self.config)
         for index, (var, value) in enumerate(zip(self._state_vars, arrays)):
             current = var.get_value(borrow=True)
             if value.shape != current.shape or value.dtype != current.dtype:
@@ -333,7 +393,6 @@ class Trainer:
         for var, value in zip(self._state_vars, arrays):
             var.set_value(value)
         self.sync_to_device()
-        rng_name, pos, has_gauss, cached = meta["rng"]
         self.rng.set_state((rng_name, keys, pos, has_gauss, cached))
         # checkpoints written before the percent keys were named: same values
         self.history = [with_percent_keys(row) for row in meta["history"]]
@@ -341,6 +400,7 @@ class Trainer:
         self.best["valid_error"] = (math.inf if self.best["valid_error"] is None
                                     else self.best["valid_error"])
         self.start_epoch = meta["epoch"]
+        self.checkpoint_epoch = self.start_epoch
         return self.start_epoch
 
     # -- epochs ----------------------------------------------------------
@@ -414,9 +474,12 @@ class Trainer:
         return total / len(losses)
 
     def _diverged(self, what):
-        last = self.history[-1]["epoch"] if self.history else self.start_epoch
-        return TrainingError(f"{what}; stopped. Last good state: {self.checkpoint_path()} "
-                             f"(epoch {last})")
+        if self.checkpoint_epoch:
+            where = (f"last checkpoint: {self.checkpoint_path()} (epoch "
+                     f"{self.checkpoint_epoch}); --resume continues from it")
+        else:
+            where = "no checkpoint was written"
+        return TrainingError(f"{what}; stopped ({where})")
 
     def evaluate(self, X, y, binary_weights=False):
         """Mean loss and error rate (percent) over all of ``X``.
@@ -433,13 +496,8 @@ class Trainer:
                                               self._device.device)
                 self._eval_cache[id(X)] = cached
             return jax_backend.evaluate(eval_fn, cached)
-        loss_sum, errors = 0., 0
-        for start in range(0, len(X), self.eval_batch_size):
-            xb, yb = X[start:start + self.eval_batch_size], y[start:start + self.eval_batch_size]
-            loss, err = eval_fn(self.preprocess(xb), one_hot_pm1(yb, self.num_classes))
-            loss_sum += float(loss) * len(xb)
-            errors += int(err)
-        return loss_sum / len(X), 100. * errors / len(X)
+        return evaluate_batches(eval_fn, X, y, self.preprocess, self.eval_batch_size,
+                                self.num_classes)
 
     def fit(self, train, valid, test, resume=False):
         """Run the schedule; returns the result dictionary (also result.json).
@@ -448,15 +506,19 @@ class Trainer:
         """
         (X_train, y_train), (X_valid, y_valid), (X_test, y_test) = (
             _labels_1d(train), _labels_1d(valid), _labels_1d(test))
+        count, size = remove_stale_tmp(self.output_dir)
+        if count:
+            self.log(f"removed {count} temporary file(s) ({size / 1e6:.1f} MB) left in "
+                     f"{self.output_dir} by an interrupted write")
         if resume:
             done = self.load_checkpoint()
             self.log(f"resumed from {self.checkpoint_path()} after epoch {done}")
         else:
             self.sync_to_device()
         atomic_write_text(os.path.join(self.output_dir, CONFIG),
-                           json.dumps(self.config, indent=2, sort_keys=True) + "\n")
+                           strict_json(self.config, indent=2, sort_keys=True) + "\n")
         atomic_write_text(os.path.join(self.output_dir, LOG),
-                           "".join(json.dumps(row) + "\n" for row in self.history))
+                           "".join(strict_json(row) + "\n" for row in self.history))
         run_start = time.time() - sum(row["seconds"] for row in self.history)
 
         for epoch in range(self.start_epoch, self.epochs):
@@ -464,9 +526,13 @@ class Trainer:
             lr = np.float32(self.learning_rate(epoch))
             train_loss = self.train_epoch(X_train, y_train, lr, epoch + 1)
             valid_loss, valid_error = self.evaluate(X_valid, y_valid)
+            if not math.isfinite(valid_loss):
+                raise self._diverged(f"validation loss became {valid_loss} at epoch {epoch + 1}")
             test_error = None
             if valid_error <= self.best["valid_error"]:
                 test_loss, test_error = self.evaluate(X_test, y_test)
+                if not math.isfinite(test_loss):
+                    raise self._diverged(f"test loss became {test_loss} at epoch {epoch + 1}")
                 self.best = {"valid_error": valid_error, "epoch": epoch + 1,
                              "test_error": test_error, "test_loss": test_loss}
                 if self.eval_weights != "binary":
@@ -485,7 +551,7 @@ class Trainer:
             if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == self.epochs:
                 self.save_checkpoint(epoch + 1)
             with open(os.path.join(self.output_dir, LOG), "a") as log_file:
-                log_file.write(json.dumps(row) + "\n")
+                log_file.write(strict_json(row) + "\n")
             self.log(f"epoch {epoch + 1}/{self.epochs}  lr {lr:.3g}  "
                      f"train loss {train_loss:.4f}  valid loss {valid_loss:.4f}  "
                      f"valid error {valid_error:.2f}%  best {self.best['valid_error']:.2f}% "
@@ -509,7 +575,7 @@ class Trainer:
         if self.eval_weights != "binary":
             result["test_error_binary_weights_percent"] = self.best.get("test_error_binary_weights_percent")
         atomic_write_text(os.path.join(self.output_dir, RESULT),
-                           json.dumps(result, indent=2) + "\n")
+                           strict_json(result, indent=2) + "\n")
         return result
 
 

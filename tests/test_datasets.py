@@ -473,7 +473,7 @@ def test_svhn_reads_mat_layout_and_labels(tmp_path):
     ref = make_svhn(tmp_path, extra=False)
     for which in ('train', 'test'):  # extra is absent: must not be needed
         img, digits = ref[which]
-        s = SVHN(which, data_dir=tmp_path)
+        s = SVHN(which, data_dir=tmp_path, verify_md5=False)
         assert s.X.shape == (len(img), 3072) and s.X.dtype == np.float32
         np.testing.assert_array_equal(s.X.reshape(-1, 3, 32, 32), img)
         np.testing.assert_array_equal(s.X[:, :1024], img[:, 0].reshape(
@@ -481,7 +481,7 @@ def test_svhn_reads_mat_layout_and_labels(tmp_path):
         assert s.y.shape == (len(img), 1) and s.y.dtype == np.uint8
         np.testing.assert_array_equal(s.y[:, 0], digits)
         assert 0 in s.y and 10 not in s.y
-    u = SVHN('test', 2, 5, data_dir=tmp_path, dtype='uint8')
+    u = SVHN('test', 2, 5, data_dir=tmp_path, verify_md5=False, dtype='uint8')
     assert u.X.dtype == np.uint8
     np.testing.assert_array_equal(u.X, ref['test'][0][2:5].reshape(3, 3072))
 
@@ -490,12 +490,12 @@ def test_svhn_train_all_and_slicing_across_files(tmp_path):
     ref = make_svhn(tmp_path)
     img = np.concatenate([ref['train'][0], ref['extra'][0]])
     lab = np.concatenate([ref['train'][1], ref['extra'][1]])
-    s = SVHN('train_all', data_dir=tmp_path, dtype='uint8')
+    s = SVHN('train_all', data_dir=tmp_path, verify_md5=False, dtype='uint8')
     np.testing.assert_array_equal(s.X.reshape(-1, 3, 32, 32), img)
     np.testing.assert_array_equal(s.y[:, 0], lab)
-    e = SVHN('extra', data_dir=tmp_path)
+    e = SVHN('extra', data_dir=tmp_path, verify_md5=False)
     np.testing.assert_array_equal(e.y[:, 0], ref['extra'][1])
-    part = SVHN('train_all', 35, 47, data_dir=tmp_path)
+    part = SVHN('train_all', 35, 47, data_dir=tmp_path, verify_md5=False)
     np.testing.assert_array_equal(part.X.reshape(-1, 3, 32, 32), img[35:47])
     np.testing.assert_array_equal(part.y[:, 0], lab[35:47])
 
@@ -522,8 +522,8 @@ def test_svhn_paper_split(tmp_path, monkeypatch):
     all_img = np.concatenate([ref['train'][0], ref['extra'][0]])
     all_lab = np.concatenate([ref['train'][1], ref['extra'][1]])
     t_idx = [i for i in range(len(all_lab)) if i not in set(v_idx)]
-    valid = SVHN('valid', data_dir=tmp_path)
-    train = SVHN('splitted_train', data_dir=tmp_path)
+    valid = SVHN('valid', data_dir=tmp_path, verify_md5=False)
+    train = SVHN('splitted_train', data_dir=tmp_path, verify_md5=False)
     assert valid.X.shape == (10 * 2 + 10 * 1, 3072)
     assert train.X.shape == (40 + 30 - 30, 3072)
     np.testing.assert_array_equal(valid.X.reshape(-1, 3, 32, 32),
@@ -533,7 +533,7 @@ def test_svhn_paper_split(tmp_path, monkeypatch):
                                   all_img[t_idx])
     np.testing.assert_array_equal(train.y[:, 0], all_lab[t_idx])
     assert np.bincount(valid.y[:, 0], minlength=10).tolist() == [3] * 10
-    sliced = SVHN('valid', 18, 25, data_dir=tmp_path)
+    sliced = SVHN('valid', 18, 25, data_dir=tmp_path, verify_md5=False)
     np.testing.assert_array_equal(sliced.y[:, 0], all_lab[v_idx][18:25])
 
 
@@ -567,7 +567,7 @@ def test_svhn_bad_files(tmp_path, kind, what):
         scipy.io.savemat(str(path), {'X': img.transpose(2, 3, 1, 0),
                                      'y': np.ones((2, 1), np.uint8)})
     with pytest.raises(DatasetError) as ei:
-        SVHN('train', data_dir=tmp_path)
+        SVHN('train', data_dir=tmp_path, verify_md5=False)
     assert_error(ei, 'train_32x32.mat', what)
     if kind in ('truncated', 'garbage'):
         assert ei.value.__cause__ is not None
@@ -576,10 +576,10 @@ def test_svhn_bad_files(tmp_path, kind, what):
 def test_svhn_missing_extra_and_unknown_set(tmp_path):
     make_svhn(tmp_path, extra=False)
     with pytest.raises(DatasetError) as ei:
-        SVHN('train_all', data_dir=tmp_path)
+        SVHN('train_all', data_dir=tmp_path, verify_md5=False)
     assert_error(ei, 'extra_32x32.mat', 'not found', '--download')
     with pytest.raises(DatasetError) as ei:
-        SVHN('validation', data_dir=tmp_path)
+        SVHN('validation', data_dir=tmp_path, verify_md5=False)
     assert_error(ei, "which_set='validation'", "'splitted_train'")
 
 

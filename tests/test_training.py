@@ -242,11 +242,11 @@ def test_checkpoints_are_written_atomically(resume_runs, tmp_path, monkeypatch):
     training.atomic_savez(str(path), a=np.arange(3))
     original = path.read_bytes()
 
-    def failing_savez(file, *args, **kwargs):
+    def failing_write(file, array, *args, **kwargs):
         file.write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(np, "savez", failing_savez)
+    monkeypatch.setattr(np.lib.format, "write_array", failing_write)
     with pytest.raises(OSError, match="disk full"):
         training.atomic_savez(str(path), a=np.arange(5))
     monkeypatch.undo()
@@ -263,7 +263,11 @@ def test_checkpoint_from_other_settings_is_refused(resume_runs, tmp_path):
     out.mkdir()
     shutil.copy(checkpoint, out / "checkpoint.npz")
     other = dict(RESUME_CONFIG, stochastic=False)
-    trainer = _resume_trainer(out, config=other)
+    # The finished run's trainer, given other settings (no second compilation
+    # of the same graph): its parameters must not change.
+    trainer = resume_runs["c"]
+    trainer.output_dir = str(out)
+    trainer.config = other
     before = lasagne.layers.get_all_param_values(trainer.network)
     with pytest.raises(TrainingError, match=r"other settings \(stochastic\)"):
         trainer.fit(*resume_runs["splits"], resume=True)
@@ -282,8 +286,10 @@ def test_checkpoint_from_other_settings_is_refused(resume_runs, tmp_path):
     arch_dir = tmp_path / "arch"
     arch_dir.mkdir()
     small, x = build(5, num_units=16, num_hidden_layers=1, dropout_in=0., dropout_hidden=0.)
-    small_trainer = Trainer(small, x, 0.01, 1e-4, 3, 40, output_dir=str(arch_dir),
-                            config=RESUME_CONFIG, progress=False, log=lambda m: None)
+    # load_checkpoint needs the state variables, not compiled functions
+    small_trainer = Trainer.__new__(Trainer)
+    small_trainer.__dict__.update(_state_vars=lasagne.layers.get_all_params(small),
+                                  config=dict(RESUME_CONFIG), output_dir=str(arch_dir))
     with pytest.raises(TrainingError, match="state arrays.*other settings"):
         small_trainer.load_checkpoint(str(checkpoint))
 

@@ -5,6 +5,7 @@ so a damaged, truncated or wrong-kind file is refused with one line naming the
 file, never a traceback; every writer goes through :func:`atomic_savez`, so a
 file on disk is always either the old one or the complete new one.
 """
+import contextlib
 import os
 import tempfile
 import zipfile
@@ -12,7 +13,9 @@ import zlib
 
 import numpy as np
 
-__all__ = ["NpzError", "read_npz", "read_arrays", "atomic_savez", "TMP_PREFIX"]
+__all__ = ["NpzError", "read_npz", "read_arrays", "atomic_savez", "atomic_write_text",
+           "remove_stale_tmp", "file_mode", "OutputError", "check_output_dir",
+           "check_output_file", "TMP_PREFIX"]
 
 # Temporary files written beside their target while an archive is saved.
 TMP_PREFIX = ".tmp-"
@@ -32,7 +35,7 @@ def _one_line(error):
     return " ".join(str(error).split()) or type(error).__name__
 
 
-def read_npz(path, what="an .npz archive"):
+def read_npz(path, what="an .npz archive", names=None):
     """Every array of an ``.npz`` archive, fully read and checked.
 
     Parameters
@@ -41,6 +44,9 @@ def read_npz(path, what="an .npz archive"):
         The archive.
     what : str
         What the file should be, for messages ("a parameter file", "a checkpoint").
+    names : sequence of str, optional
+        Read only these members (e.g. a checkpoint's small ``meta``); a
+        missing one is an :class:`NpzError`.
 
     Returns
     -------
@@ -68,10 +74,15 @@ def read_npz(path, what="an .npz archive"):
     try:
         with loaded as data:
             # Reading each member here surfaces CRC and deflate damage now.
-            return {name: data[name] for name in data.files}
+            wanted = data.files if names is None else [n for n in names if n in data.files]
+            arrays = {name: data[name] for name in wanted}
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile,
             zlib.error) as error:
         raise NpzError(path, f"damaged, not readable as {what} ({_one_line(error)})") from None
+    missing = [name for name in names or () if name not in arrays]
+    if missing:
+        raise NpzError(path, f"has no {missing[0]!r} array, not {what}")
+    return arrays
 
 
 def read_arrays(path, what="a parameter file"):
@@ -92,19 +103,25 @@ def read_arrays(path, what="a parameter file"):
     return [arrays[f"arr_{index}"] for index in indices]
 
 
-def atomic_savez(path, *args, **kwargs):
-    """``np.savez(path, *args, **kwargs)`` atomically.
+def file_mode():
+    """The mode a new ordinary file gets here: ``0o666`` less the process umask
+    (``tempfile.mkstemp`` alone would give ``0o600``)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
-    The archive is written to a temporary file beside ``path`` (name starts
-    with :data:`TMP_PREFIX`), flushed to disk, then renamed over ``path``; on
-    any error or interruption the temporary file is removed and ``path`` is
-    untouched.
-    """
+
+@contextlib.contextmanager
+def _atomic_file(path, suffix=""):
+    """A binary file object that becomes ``path`` when the block ends without
+    error (written beside it, flushed, mode per the umask, renamed over it);
+    on any error or interruption the temporary file is removed."""
     directory = os.path.dirname(os.path.abspath(path))
-    handle, tmp_path = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".npz", dir=directory)
+    handle, tmp_path = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix, dir=directory)
     try:
         with os.fdopen(handle, "wb") as tmp:
-            np.savez(tmp, *args, **kwargs)
+            os.fchmod(tmp.fileno(), file_mode())
+            yield tmp
             tmp.flush()
             os.fsync(tmp.fileno())
         os.replace(tmp_path, path)
@@ -112,3 +129,127 @@ def atomic_savez(path, *args, **kwargs):
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
         raise
+
+
+def atomic_savez(path, *args, **kwargs):
+    """``np.savez(path, *args, **kwargs)`` atomically, without pickles.
+
+    Positional arrays are stored as ``arr_0, arr_1, ...``, keyword arrays
+    under their names (``np.savez``'s layout; ``np.load`` reads the file).
+    The archive is written to a temporary file beside ``path`` (name starts
+    with :data:`TMP_PREFIX`), flushed to disk, given the umask's mode, then
+    renamed over ``path``; on any error or interruption (Ctrl-C included)
+    the temporary file is removed and ``path`` is untouched.
+
+    Raises
+    ------
+    ValueError
+        An object array (it would need pickle), or a name given twice.
+    OSError
+        The folder is not writable.
+    """
+    arrays = {f"arr_{index}": value for index, value in enumerate(args)}
+    for name, value in kwargs.items():
+        if name in arrays:
+            raise ValueError(f"atomic_savez: array name {name!r} given twice")
+        arrays[name] = value
+    with _atomic_file(path, ".npz") as tmp:
+        # The ZipFile is closed by its own ``with`` even when interrupted, so
+        # nothing is left for its finaliser to write to a closed file.
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED,
+                             allowZip64=True) as archive:
+            for name, value in arrays.items():
+                with archive.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value),
+                                              allow_pickle=False)
+
+
+def atomic_write_text(path, text):
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_savez`."""
+    with _atomic_file(path) as tmp:
+        tmp.write(text.encode("utf-8"))
+
+
+def remove_stale_tmp(directory):
+    """Remove the temporary files (``TMP_PREFIX*``) an interrupted atomic write
+    (``kill -9``, power loss) left in ``directory``.
+
+    Returns
+    -------
+    (count, bytes) : the files removed and their total size.
+    """
+    count = size = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0, 0
+    for name in names:
+        full = os.path.join(directory, name)
+        if name.startswith(TMP_PREFIX) and os.path.isfile(full) and not os.path.islink(full):
+            try:
+                bytes_ = os.path.getsize(full)
+                os.unlink(full)
+            except OSError:
+                continue
+            count, size = count + 1, size + bytes_
+    return count, size
+
+
+class OutputError(ValueError):
+    """An output location that cannot be written; ``str()`` is one line."""
+
+
+def _probe(directory, flag, shown):
+    try:
+        handle, probe = tempfile.mkstemp(prefix=TMP_PREFIX, dir=directory)
+    except OSError as error:
+        raise OutputError(f"{flag} {shown}: cannot write in {directory} "
+                          f"({error.strerror or _one_line(error)})") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
+def _existing_ancestor(path):
+    current = os.path.abspath(path)
+    while not os.path.lexists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return current
+
+
+def check_output_dir(path, flag="--output-dir"):
+    """Check, before any long work, that ``path`` can be (created and) written
+    as a folder. Nothing is created.
+
+    Raises
+    ------
+    OutputError
+        ``path`` is a file, lies under a file, or its folder (or the nearest
+        existing parent) is not writable (permissions, read-only file system).
+    """
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OutputError(f"{flag} {path}: exists and is not a folder")
+    ancestor = _existing_ancestor(path)
+    if not os.path.isdir(ancestor):
+        raise OutputError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    _probe(ancestor, flag, path)
+
+
+def check_output_file(path, flag="output"):
+    """Check that the file ``path`` can be written: its folder exists and is
+    writable, and ``path`` is not a folder. Nothing is created.
+
+    Raises
+    ------
+    OutputError
+        With one line naming ``path``.
+    """
+    if os.path.isdir(path):
+        raise OutputError(f"{flag} {path}: is a folder, expected a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        what = "is a file" if os.path.lexists(directory) else "does not exist"
+        raise OutputError(f"{flag} {path}: the folder {directory} {what}")
+    _probe(directory, flag, path)
