@@ -379,6 +379,7 @@ def _stub_trainer(tmp_path, valid_loss, checkpoint_every=1, epochs=3):
         output_dir=str(tmp_path), config={"dataset": "mnist", "H": math.inf}, history=[],
         start_epoch=0, epochs=epochs, lr_start=1e-3, lr_end=1e-3, checkpoint_epoch=None,
         checkpoint_every=checkpoint_every, log=lambda *a: None, backend="theano",
+        eval_weights="binary",
         best={"valid_error": math.inf, "epoch": 0, "test_error": None, "test_loss": None})
     import lasagne
     trainer.network = lasagne.layers.InputLayer((None, 2))
