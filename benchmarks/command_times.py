@@ -128,16 +128,19 @@ def main(argv=None):
         pass
     with tempfile.TemporaryDirectory(prefix="command_times_") as tmp:
         for name in args.cases:
-            command = CASES[name].format(data_dir=shlex.quote(args.data_dir), out=tmp)
             shown = CASES[name].format(data_dir=args.data_dir, out="runs")
             compiledir = os.path.join(tmp, "theano-" + name)
             os.makedirs(compiledir)
             case = {"command": shown}
             for cache in ("cold", "warm"):
+                # each run writes its own folder (a second run into the first's
+                # would be refused: its checkpoint exists)
+                out = os.path.join(tmp, cache)
+                command = CASES[name].format(data_dir=shlex.quote(args.data_dir), out=out)
                 print("{} ({} cache): {}".format(name, cache, shown), flush=True)
                 case[cache] = run_once(command, compiledir)
                 # the temporary output folder is shown as README's runs/
-                case[cache]["last_line"] = case[cache]["last_line"].replace(tmp, "runs")
+                case[cache]["last_line"] = case[cache]["last_line"].replace(out, "runs")
                 print("  {:.1f} s, exit {}, {}".format(
                     case[cache]["seconds"], case[cache]["returncode"],
                     case[cache]["last_line"]), flush=True)
