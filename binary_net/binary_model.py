@@ -55,10 +55,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .model import arch, fold, layouts
+from .model import arch, layouts
 from .model.fold import BN_KINDS, FOLD_RULE, FOLD_RULES, OptionError, TrainingOptions
 from .model.network import INPUT_ENCODINGS, FoldedLayer, fold_network
-from .model.npzfile import NpzError
+from .model.npzfile import NpzError, atomic_write_bytes
 from .model.params import FLOAT_PARAM_NAMES, ParamsError, layer_params, run_config
 
 __all__ = ["MAGIC", "FORMAT_VERSION", "ModelFileError", "BinaryModel", "export_mlp",
@@ -260,18 +260,7 @@ def save_model(model, path):
     crc = zlib.crc32(payload_bytes, zlib.crc32(header_bytes))
     preamble = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header_bytes), len(payload_bytes),
                               crc, 0)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp_path = os.path.join(directory, f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    try:
-        with open(tmp_path, "wb") as handle:
-            handle.write(preamble + header_bytes + payload_bytes)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
+    atomic_write_bytes(path, preamble + header_bytes + payload_bytes)
 
 
 def _check_layers(path, model):

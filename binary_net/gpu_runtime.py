@@ -47,7 +47,7 @@ import numpy as np
 import kernels
 
 from .model import fold
-from .model.inputs import network_input, pixels_from_network_input
+from .model.inputs import in_batches, network_input, pixels_from_network_input
 from .model.params import read_params
 
 try:
@@ -531,10 +531,7 @@ class GpuMLP:
                              f"{self.n_in}")
         X = np.ascontiguousarray(network_input(X) if X.dtype == np.uint8
                                  else X.astype(np.float32))
-        if batch_size is None or batch_size >= len(X):
-            return self._function(X)
-        return np.concatenate([self._function(X[i:i + batch_size])
-                               for i in range(0, len(X), batch_size)])
+        return in_batches(self._function, X, batch_size)
 
     def predict(self, X, batch_size=None):
         """Class labels (M,): argmax of :meth:`scores`."""

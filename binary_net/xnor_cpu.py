@@ -70,7 +70,7 @@ from theano.graph.op import COp
 from .c_sources import c_source
 from .model import layouts
 from .model.fold import TrainingOptions, apply_thresholds, bn_vectors
-from .model.inputs import network_input, pixels_from_network_input
+from .model.inputs import in_batches, network_input, pixels_from_network_input
 from .model.network import FoldedLayer, fold_network
 from .model.params import FLOAT_PARAM_NAMES, layer_params
 
@@ -592,10 +592,7 @@ class CpuMLP:
         X = self._prepare(X)
         if len(X) == 0:
             return np.zeros((0, self.n_out), np.float32)
-        if batch_size is None or batch_size >= len(X):
-            return self._function(X)
-        return np.concatenate([self._function(X[i:i + batch_size])
-                               for i in range(0, len(X), batch_size)])
+        return in_batches(self._function, X, batch_size)
 
     def predict(self, X, batch_size=None):
         """Class labels (M,) int64: argmax of :meth:`scores`."""

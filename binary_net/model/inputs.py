@@ -8,7 +8,7 @@ float32 network input (never [0, 1] images).
 """
 import numpy as np
 
-__all__ = ["PIXEL_LEVELS", "INPUT_LEVELS", "network_input", "pixels_from_unit",
+__all__ = ["PIXEL_LEVELS", "INPUT_LEVELS", "network_input", "in_batches", "pixels_from_unit",
            "pixels_from_network_input", "is_pixels"]
 
 PIXEL_LEVELS = 255
@@ -31,6 +31,16 @@ def network_input(pixels):
     if pixels.dtype != np.uint8:
         raise ValueError(f"network_input takes uint8 pixels, got {pixels.dtype}")
     return INPUT_LEVELS[pixels]
+
+
+def in_batches(function, X, batch_size=None):
+    """``function`` applied to the rows of ``X`` in blocks of ``batch_size`` rows,
+    the results concatenated along axis 0 (one call when ``batch_size`` is None
+    or at least ``len(X)``). The run times' ``scores`` use it."""
+    if batch_size is None or batch_size >= len(X):
+        return function(X)
+    return np.concatenate([function(X[i:i + batch_size])
+                           for i in range(0, len(X), batch_size)])
 
 
 def pixels_from_unit(X):

@@ -13,7 +13,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["NpzError", "read_npz", "read_arrays", "atomic_savez", "atomic_write_text",
+__all__ = ["NpzError", "read_npz", "read_arrays", "atomic_savez", "atomic_write_bytes", "atomic_write_text",
            "remove_stale_tmp", "file_mode", "OutputError", "check_output_dir",
            "check_output_file", "TMP_PREFIX"]
 
@@ -164,10 +164,15 @@ def atomic_savez(path, *args, **kwargs):
                                               allow_pickle=False)
 
 
+def atomic_write_bytes(path, data):
+    """Write ``data`` (bytes) to ``path`` atomically, as :func:`atomic_savez`."""
+    with _atomic_file(path) as tmp:
+        tmp.write(data)
+
+
 def atomic_write_text(path, text):
     """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_savez`."""
-    with _atomic_file(path) as tmp:
-        tmp.write(text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def remove_stale_tmp(directory):
