@@ -8,20 +8,45 @@
 #define BNN_XNOR_CONV_SUPPORT
 #include <limits.h>
 
-/* int32 dot products buffered per chunk of images (about 32 MB) */
-#define BNN_CONV_CHUNK_INTS (1 << 23)
+/* Filters per work item of bnn_xnor_conv (a multiple of 64: items write whole words). */
+#define BNN_CONV_COLS 128
 
-/* Binary conv (stride 1, zero padding) + max-pool + optional threshold, as
-   im2col on packed bits + bnn_xnor_gemm + an epilogue.
+/* Rows (y) or columns (x) of the conv output grouped by which filter taps fall into the
+   zero padding there: cls[y] = class index, and for each class a bit mask of the padded
+   tap rows (or columns). Returns the number of classes (<= n). */
+static npy_intp bnn_padding_classes(npy_intp n, npy_intp size, npy_intp taps, npy_intp pad,
+                                    npy_intp* cls, uint64_t* masks)
+{
+    npy_intp classes = 0;
+    for (npy_intp y = 0; y < n; ++y) {
+        uint64_t mask = 0;
+        for (npy_intp i = 0; i < taps; ++i)
+            if (y + i - pad < 0 || y + i - pad >= size)
+                mask |= (uint64_t)1 << i;
+        npy_intp c = 0;
+        while (c < classes && masks[c] != mask)
+            ++c;
+        if (c == classes)
+            masks[classes++] = mask;
+        cls[y] = c;
+    }
+    return classes;
+}
+
+/* Binary conv (stride 1, zero padding) + max-pool + optional threshold: im2col on packed
+   bits straight into the nibble-split rows of a tile, the XNOR micro-kernels of
+   bnn_count_tile, and the epilogue on the tile's popcounts while they are in L1.
    x: (M, H, W, cw) packed pixels; w: (F, 2 kw) nibble-split filter rows, tap by tap
    (row, column), cw words per tap, kw = the padded row length; tap_ones: (F, FH FW)
-   number of +1 weights per tap; C: channels used per pixel.
-   The GEMM sees every tap, padded taps as all-zero words (-1), over K' = FH FW 64 cw
-   bits with zero padding bits in both operands, and returns s' = K' - 2 popcount.
-   Lasagne's zero padding contributes 0, so the true sum is
-   s = s' - K' + valid C + 2 * (sum of tap_ones over the padded taps).
+   number of +1 weights per tap; C: channels used per pixel; FH, FW <= 64.
+   A tile holds whole pooling windows (rows ordered pooled pixel, then window position),
+   so pooling needs no second pass. The kernels see every tap, padded taps as all-zero
+   words, and count c = popcount over K' = FH FW 64 cw bits; Lasagne's zero padding
+   contributes 0, so the true sum at a position whose valid taps number V is
+   s = V C - 2 c + 2 (sum of tap_ones over the padded taps).
    out_int: (M, HP, WP, F) max-pooled s; or out_bits: (M, HP, WP, out_words) with bit f
-   = (s >= t_f), or (s <= t_f) where flip_f. Returns -1 when out of memory. */
+   = (s >= t_f), or (s <= t_f) where flip_f. Returns -1 when out of memory.
+   Always the AVX2 kernels (also on CPUs with VPOPCNTDQ). */
 static int bnn_xnor_conv(const uint64_t* x, npy_intp M, npy_intp H, npy_intp W, npy_intp cw,
                          const uint64_t* w, npy_intp kw, const int32_t* tap_ones, npy_intp F,
                          npy_intp FH, npy_intp FW, npy_intp C, npy_intp pad, npy_intp pool,
@@ -30,92 +55,159 @@ static int bnn_xnor_conv(const uint64_t* x, npy_intp M, npy_intp H, npy_intp W, 
 {
     const npy_intp HO = H + 2 * pad - FH + 1, WO = W + 2 * pad - FW + 1;
     const npy_intp HP = HO / pool, WP = WO / pool, taps = FH * FW;
-    const npy_intp k_seen = taps * 64 * cw;
-    npy_intp chunk = BNN_CONV_CHUNK_INTS / (HO * WO * F);
-    chunk = chunk < 1 ? 1 : (chunk > M ? M : chunk);
-    uint64_t* rows = (uint64_t*)malloc(sizeof(uint64_t) * chunk * HO * WO * kw);
-    int32_t* s = (int32_t*)malloc(sizeof(int32_t) * chunk * HO * WO * F);
-    int failed = !rows || !s;
-    for (npy_intp m0 = 0; m0 < M && !failed; m0 += chunk) {
-        const npy_intp mc = m0 + chunk < M ? chunk : M - m0;
-        const npy_intp n_rows = mc * HO * WO;
-        #pragma omp parallel for schedule(static)
-        for (npy_intp r = 0; r < n_rows; ++r) {
-            const npy_intp m = m0 + r / (HO * WO), y = (r / WO) % HO, xx = r % WO;
-            uint64_t* dst = rows + r * kw;
-            for (npy_intp i = 0; i < FH; ++i)
-                for (npy_intp j = 0; j < FW; ++j, dst += cw) {
-                    const npy_intp iy = y + i - pad, ix = xx + j - pad;
-                    if (iy < 0 || iy >= H || ix < 0 || ix >= W)
-                        memset(dst, 0, sizeof(uint64_t) * cw);
-                    else
-                        memcpy(dst, x + ((m * H + iy) * W + ix) * cw, sizeof(uint64_t) * cw);
+    const npy_intp nvec = kw / 4, sw = 2 * kw, window = pool * pool;
+    /* pooled pixels per tile: whole windows, about BNN_AVX2_TILE_ROWS rows */
+    const npy_intp per_tile = window >= BNN_AVX2_TILE_ROWS ? 1 : BNN_AVX2_TILE_ROWS / window;
+    const npy_intp tile_rows = per_tile * window;
+    const npy_intp pixels = M * HP * WP;
+    const npy_intp row_tiles = (pixels + per_tile - 1) / per_tile;
+    const npy_intp col_blocks = (F + BNN_CONV_COLS - 1) / BNN_CONV_COLS;
+    const npy_intp items = row_tiles * col_blocks;
+    const npy_intp threads = omp_get_max_threads();
+    const int team = (int)(items < threads ? items : threads);
+
+    /* Padding classes of the output rows and columns that pooling reads, and per pair of
+       classes the valid-tap base V C and the correction 2 sum(tap_ones) per filter. */
+    npy_intp* y_class = (npy_intp*)malloc(sizeof(npy_intp) * (HP * pool + WP * pool));
+    uint64_t* y_masks = (uint64_t*)malloc(sizeof(uint64_t) * (HP * pool + WP * pool));
+    if (!y_class || !y_masks) {
+        free(y_class);
+        free(y_masks);
+        return -1;
+    }
+    npy_intp* x_class = y_class + HP * pool;
+    uint64_t* x_masks = y_masks + HP * pool;
+    const npy_intp ny = bnn_padding_classes(HP * pool, H, FH, pad, y_class, y_masks);
+    const npy_intp nx = bnn_padding_classes(WP * pool, W, FW, pad, x_class, x_masks);
+    int32_t* base = (int32_t*)malloc(sizeof(int32_t) * ny * nx);
+    int32_t* fix = (int32_t*)malloc(sizeof(int32_t) * ny * nx * F);
+    /* thresholds as s > limit, XOR invert (bit set where flip != 0) */
+    int32_t* limit = out_bits ? (int32_t*)malloc(sizeof(int32_t) * F) : NULL;
+    uint64_t* invert = out_bits ? (uint64_t*)calloc(out_words, sizeof(uint64_t)) : NULL;
+    int failed = !base || !fix || (out_bits && (!limit || !invert));
+    if (!failed) {
+        for (npy_intp cy = 0; cy < ny; ++cy)
+            for (npy_intp cx = 0; cx < nx; ++cx) {
+                const npy_intp k = cy * nx + cx;
+                base[k] = (int32_t)((FH - __builtin_popcountll(y_masks[cy]))
+                                    * (FW - __builtin_popcountll(x_masks[cx])) * C);
+                for (npy_intp f = 0; f < F; ++f) {
+                    int32_t sum = 0;
+                    for (npy_intp i = 0; i < FH; ++i)
+                        for (npy_intp j = 0; j < FW; ++j)
+                            if (((y_masks[cy] >> i) | (x_masks[cx] >> j)) & 1)
+                                sum += tap_ones[f * taps + i * FW + j];
+                    fix[k * F + f] = 2 * sum;
                 }
-            memset(dst, 0, sizeof(uint64_t) * (kw - taps * cw));
-        }
-        if (bnn_xnor_gemm(rows, NULL, w, n_rows, F, kw, k_seen, s, NULL, 0, NULL, NULL) != 0) {
-            failed = 1;
-            break;
-        }
-        #pragma omp parallel
-        {
-            int64_t* best = (int64_t*)malloc(sizeof(int64_t) * F);
-            int64_t* fix = (int64_t*)malloc(sizeof(int64_t) * F);
-            if (!best || !fix) {
-                #pragma omp atomic write
-                failed = 1;
             }
-            #pragma omp for schedule(static)
-            for (npy_intp p = 0; p < mc * HP * WP; ++p) {
-                if (!best || !fix)
-                    continue;
+        for (npy_intp f = 0; out_bits && f < F; ++f) {
+            /* s >= t <=> s > t - 1; s <= t <=> not (s > t); |s| < 2^31 */
+            const int64_t lim = flip[f] ? (int64_t)thresholds[f] : (int64_t)thresholds[f] - 1;
+            limit[f] = (int32_t)(lim < INT32_MIN ? INT32_MIN : lim);
+            if (flip[f])
+                invert[f / 64] |= (uint64_t)1 << (f % 64);
+        }
+    }
+    #pragma omp parallel num_threads(team) if (!failed)
+    {
+        uint64_t* rows = (uint64_t*)aligned_alloc(32, sizeof(uint64_t) * (tile_rows * sw + kw));
+        int32_t* counts = (int32_t*)malloc(sizeof(int32_t) * tile_rows * BNN_CONV_COLS);
+        npy_intp* row_class = (npy_intp*)malloc(sizeof(npy_intp) * tile_rows);
+        if (!rows || !counts || !row_class) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        uint64_t* packed = rows ? rows + tile_rows * sw : NULL;  /* one im2col row */
+        #pragma omp for schedule(dynamic, 1)
+        for (npy_intp item = 0; item < items; ++item) {
+            if (!rows || !counts || !row_class)
+                continue;
+            const npy_intp tile = item / col_blocks, n0 = (item % col_blocks) * BNN_CONV_COLS;
+            const npy_intp n1 = n0 + BNN_CONV_COLS < F ? n0 + BNN_CONV_COLS : F;
+            const npy_intp p0 = tile * per_tile;
+            const npy_intp p1 = p0 + per_tile < pixels ? p0 + per_tile : pixels;
+            npy_intp r = 0;
+            for (npy_intp p = p0; p < p1; ++p) {
                 const npy_intp m = p / (HP * WP), yp = (p / WP) % HP, xp = p % WP;
-                for (npy_intp f = 0; f < F; ++f)
-                    best[f] = INT64_MIN;
                 for (npy_intp py = 0; py < pool; ++py)
-                    for (npy_intp px = 0; px < pool; ++px) {
+                    for (npy_intp px = 0; px < pool; ++px, ++r) {
                         const npy_intp y = yp * pool + py, xx = xp * pool + px;
-                        npy_intp valid = 0;
-                        for (npy_intp f = 0; f < F; ++f)
-                            fix[f] = 0;
+                        uint64_t* dst = packed;
                         for (npy_intp i = 0; i < FH; ++i)
                             for (npy_intp j = 0; j < FW; ++j) {
                                 const npy_intp iy = y + i - pad, ix = xx + j - pad;
-                                if (iy >= 0 && iy < H && ix >= 0 && ix < W) {
-                                    ++valid;
-                                    continue;
+                                if (iy < 0 || iy >= H || ix < 0 || ix >= W) {
+                                    for (npy_intp k = 0; k < cw; ++k)
+                                        *dst++ = 0;
+                                } else {
+                                    const uint64_t* src = x + ((m * H + iy) * W + ix) * cw;
+                                    for (npy_intp k = 0; k < cw; ++k)
+                                        *dst++ = src[k];
                                 }
-                                for (npy_intp f = 0; f < F; ++f)
-                                    fix[f] += 2 * (int64_t)tap_ones[f * taps + i * FW + j];
                             }
-                        const int64_t base = (int64_t)valid * C - k_seen;
-                        const int32_t* row = s + ((m * HO + y) * WO + xx) * F;
-                        for (npy_intp f = 0; f < F; ++f) {
-                            const int64_t v = row[f] + base + fix[f];
-                            if (v > best[f])
-                                best[f] = v;
-                        }
+                        for (; dst < packed + kw; ++dst)
+                            *dst = 0;
+                        bnn_split_nibbles(packed, nvec, rows + r * sw);
+                        row_class[r] = y_class[y] * nx + x_class[xx];
                     }
-                const npy_intp pixel = ((m0 + m) * HP + yp) * WP + xp;
+            }
+            const npy_intp width = n1 - n0;
+            bnn_count_tile(rows, r, w + n0 * sw, n0, n1, nvec, counts, width);
+            /* epilogue: s per row, max over the window, output */
+            for (npy_intp p = p0; p < p1; ++p) {
+                const npy_intp r0 = (p - p0) * window;
+                int32_t best[BNN_CONV_COLS];
+                for (npy_intp q = r0; q < r0 + window; ++q) {
+                    const int32_t* c = counts + q * width;
+                    const int32_t* fx = fix + row_class[q] * F + n0;
+                    const __m256i b = _mm256_set1_epi32(base[row_class[q]]);
+                    npy_intp f = 0;
+                    for (; f + 8 <= width; f += 8) {
+                        const __m256i s = _mm256_add_epi32(_mm256_sub_epi32(b, _mm256_slli_epi32(
+                            _mm256_loadu_si256((const __m256i*)(c + f)), 1)),
+                            _mm256_loadu_si256((const __m256i*)(fx + f)));
+                        _mm256_storeu_si256((__m256i*)(best + f), q == r0 ? s : _mm256_max_epi32(
+                            s, _mm256_loadu_si256((const __m256i*)(best + f))));
+                    }
+                    for (; f < width; ++f) {
+                        const int32_t s = base[row_class[q]] - 2 * c[f] + fx[f];
+                        best[f] = (q == r0 || s > best[f]) ? s : best[f];
+                    }
+                }
                 if (out_int) {
-                    for (npy_intp f = 0; f < F; ++f)
-                        out_int[pixel * F + f] = (int32_t)best[f];
+                    memcpy(out_int + p * F + n0, best, sizeof(int32_t) * width);
                 } else {
-                    uint64_t* dst = out_bits + pixel * out_words;
-                    memset(dst, 0, sizeof(uint64_t) * out_words);
-                    for (npy_intp f = 0; f < F; ++f) {
-                        const int on = flip[f] ? best[f] <= thresholds[f]
-                                               : best[f] >= thresholds[f];
-                        dst[f / 64] |= (uint64_t)on << (f % 64);
+                    uint64_t* dst = out_bits + p * out_words;
+                    for (npy_intp q = n0; q < n1; q += 64) {
+                        const npy_intp q1 = q + 64 < n1 ? q + 64 : n1;
+                        uint64_t word = 0;
+                        npy_intp f = q;
+                        for (; f + 8 <= q1; f += 8) {
+                            const __m256i above = _mm256_cmpgt_epi32(
+                                _mm256_loadu_si256((const __m256i*)(best + f - n0)),
+                                _mm256_loadu_si256((const __m256i*)(limit + f)));
+                            word |= (uint64_t)(unsigned)_mm256_movemask_ps(
+                                _mm256_castsi256_ps(above)) << (f - q);
+                        }
+                        for (; f < q1; ++f)
+                            word |= (uint64_t)(best[f - n0] > limit[f]) << (f - q);
+                        const uint64_t valid = q1 - q == 64 ? ~(uint64_t)0
+                                                            : (((uint64_t)1 << (q1 - q)) - 1);
+                        dst[q / 64] = (word ^ invert[q / 64]) & valid;
                     }
                 }
             }
-            free(best);
-            free(fix);
         }
+        free(rows);
+        free(counts);
+        free(row_class);
     }
-    free(rows);
-    free(s);
+    free(y_class);
+    free(y_masks);
+    free(base);
+    free(fix);
+    free(limit);
+    free(invert);
     return failed ? -1 : 0;
 }
 
@@ -146,7 +238,8 @@ static int bnn_xnor_conv_op(int bits_out, PyArrayObject* x, PyArrayObject* w,
     const npy_intp M = PyArray_DIMS(x)[0], H = PyArray_DIMS(x)[1];
     const npy_intp W = PyArray_DIMS(x)[2], cw = PyArray_DIMS(x)[3];
     const npy_intp F = PyArray_DIMS(w)[0];
-    if (C < 1 || C > 64 * cw || pad < 0 || pool < 1 || FH < 1 || FW < 1 || F < 1) {
+    if (C < 1 || C > 64 * cw || pad < 0 || pool < 1 || FH < 1 || FW < 1 || FH > 64 || FW > 64
+        || F < 1) {
         PyErr_Format(PyExc_ValueError, "XnorConv: bad geometry: %ld channels in %ld "
                      "words, pad %ld, pool %ld, %ld filters of %ldx%ld", (long)C,
                      (long)cw, (long)pad, (long)pool, (long)F, (long)FH, (long)FW);

@@ -19,6 +19,9 @@
 /* Column tile of XnorDense: 256 columns = 4 output words per row. */
 #define BNN_TILE_COLS 256
 #define BNN_TILE_ROWS 32
+/* Rows of an AVX2 tile: 16 nibble-split rows of a 4096-bit layer (16 KB) stay in L1
+   beside a 4-row weight panel. */
+#define BNN_AVX2_TILE_ROWS 16
 /* Byte counters hold at most 255: 31 vectors * 8 bits per byte. */
 #define BNN_MAX_CHUNK 31
 #define BNN_PIXEL_COLS 128
@@ -28,14 +31,6 @@
 #define BNN_PIXEL_IMAGES_MIN 8
 /* A pixel pair adds at most 2 * 255 = 510: 64 pairs fit an int16 accumulator. */
 #define BNN_PIXEL_CHUNK 64
-
-static inline int64_t bnn_hsum_bytes(__m256i counts)
-{
-    __m256i sums = _mm256_sad_epu8(counts, _mm256_setzero_si256());
-    __m128i pair = _mm_add_epi64(_mm256_castsi256_si128(sums),
-                                 _mm256_extracti128_si256(sums, 1));
-    return _mm_cvtsi128_si64(pair) + _mm_extract_epi64(pair, 1);
-}
 
 /* Nibble-split layout: each 256-bit vector v of a packed row becomes two vectors,
    lo(v) = v & 0x0f.. and hi(v) = (v >> 4) & 0x0f.. per byte. XOR commutes with the
@@ -52,52 +47,6 @@ static inline void bnn_split_nibbles(const uint64_t* src, npy_intp nvec, uint64_
     }
 }
 
-/* counts[i * NR + j] = popcount(a_i XOR w_j) over nvec 256-bit vectors, both operands
-   in the nibble-split layout (8 words per vector). */
-template <int MR, int NR>
-static inline __attribute__((always_inline)) void bnn_block_counts(
-    const uint64_t* a, npy_intp a_stride, const uint64_t* w, npy_intp w_stride,
-    npy_intp nvec, int64_t* counts)
-{
-    /* popcount of each nibble value 0..15, for vpshufb */
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    int64_t total[MR][NR];
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NR; ++j)
-            total[i][j] = 0;
-    for (npy_intp v0 = 0; v0 < nvec; v0 += BNN_MAX_CHUNK) {
-        npy_intp v1 = v0 + BNN_MAX_CHUNK < nvec ? v0 + BNN_MAX_CHUNK : nvec;
-        __m256i acc[MR][NR];
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; ++j)
-                acc[i][j] = _mm256_setzero_si256();
-        for (npy_intp v = v0; v < v1; ++v) {
-            __m256i a_lo[MR], a_hi[MR];
-            for (int i = 0; i < MR; ++i) {
-                a_lo[i] = _mm256_loadu_si256((const __m256i*)(a + i * a_stride + 8 * v));
-                a_hi[i] = _mm256_loadu_si256((const __m256i*)(a + i * a_stride + 8 * v + 4));
-            }
-            for (int j = 0; j < NR; ++j) {
-                __m256i w_lo = _mm256_loadu_si256((const __m256i*)(w + j * w_stride + 8 * v));
-                __m256i w_hi = _mm256_loadu_si256((const __m256i*)(w + j * w_stride + 8 * v + 4));
-                for (int i = 0; i < MR; ++i) {
-                    acc[i][j] = _mm256_add_epi8(acc[i][j], _mm256_shuffle_epi8(
-                        lut, _mm256_xor_si256(a_lo[i], w_lo)));
-                    acc[i][j] = _mm256_add_epi8(acc[i][j], _mm256_shuffle_epi8(
-                        lut, _mm256_xor_si256(a_hi[i], w_hi)));
-                }
-            }
-        }
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < NR; ++j)
-                total[i][j] += bnn_hsum_bytes(acc[i][j]);
-    }
-    for (int i = 0; i < MR; ++i)
-        for (int j = 0; j < NR; ++j)
-            counts[i * NR + j] = total[i][j];
-}
-
 /* Four vectors of 4 x uint64 partial sums to their four totals (int32 lanes). */
 static inline __m128i bnn_reduce4_u64(__m256i sa, __m256i sb, __m256i sc, __m256i sd)
 {
@@ -109,50 +58,6 @@ static inline __m128i bnn_reduce4_u64(__m256i sa, __m256i sb, __m256i sc, __m256
                                           _mm256_permute2x128_si256(ab, cd, 0x31));
     return _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
         sums, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7)));
-}
-
-/* Four byte-counter vectors to their four totals (int32), vpsadbw + a transpose-add. */
-static inline __m128i bnn_reduce4(__m256i a, __m256i b, __m256i c, __m256i d)
-{
-    const __m256i zero = _mm256_setzero_si256();
-    return bnn_reduce4_u64(_mm256_sad_epu8(a, zero), _mm256_sad_epu8(b, zero),
-                           _mm256_sad_epu8(c, zero), _mm256_sad_epu8(d, zero));
-}
-
-/* counts[i] = popcount(a_i XOR w_j) for j = 0..3 (int32 lanes), nibble-split operands. */
-template <int MR>
-static inline __attribute__((always_inline)) void bnn_block4(
-    const uint64_t* a, npy_intp a_stride, const uint64_t* w, npy_intp w_stride,
-    npy_intp nvec, __m128i* counts)
-{
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
-    for (int i = 0; i < MR; ++i)
-        counts[i] = _mm_setzero_si128();
-    for (npy_intp v0 = 0; v0 < nvec; v0 += BNN_MAX_CHUNK) {
-        const npy_intp v1 = v0 + BNN_MAX_CHUNK < nvec ? v0 + BNN_MAX_CHUNK : nvec;
-        __m256i acc[MR][4];
-        for (int i = 0; i < MR; ++i)
-            for (int j = 0; j < 4; ++j)
-                acc[i][j] = _mm256_setzero_si256();
-        for (npy_intp v = v0; v < v1; ++v) {
-            for (int j = 0; j < 4; ++j) {
-                const __m256i w_lo = _mm256_loadu_si256((const __m256i*)(w + j * w_stride + 8 * v));
-                const __m256i w_hi = _mm256_loadu_si256((const __m256i*)(w + j * w_stride + 8 * v + 4));
-                for (int i = 0; i < MR; ++i) {
-                    const __m256i a_lo = _mm256_loadu_si256((const __m256i*)(a + i * a_stride + 8 * v));
-                    const __m256i a_hi = _mm256_loadu_si256((const __m256i*)(a + i * a_stride + 8 * v + 4));
-                    acc[i][j] = _mm256_add_epi8(acc[i][j], _mm256_shuffle_epi8(
-                        lut, _mm256_xor_si256(a_lo, w_lo)));
-                    acc[i][j] = _mm256_add_epi8(acc[i][j], _mm256_shuffle_epi8(
-                        lut, _mm256_xor_si256(a_hi, w_hi)));
-                }
-            }
-        }
-        for (int i = 0; i < MR; ++i)
-            counts[i] = _mm_add_epi32(counts[i], bnn_reduce4(acc[i][0], acc[i][1], acc[i][2],
-                                                             acc[i][3]));
-    }
 }
 
 static inline uint64_t bnn_sign_bit(int64_t s, int32_t threshold, int8_t flip)
@@ -261,33 +166,214 @@ static inline void bnn_flush_bits(const bnn_gemm* g, npy_intp row, npy_intp n0, 
             g->out_bits[row * g->out_words + word] = row_bits[word - n0 / 64];
 }
 
-/* One tile, AVX2 nibble lookup: a rows m0..m1 and w rows n0..n1 in the split layout. */
+/* Micro-kernel, AVX2 nibble lookup: counts[i * NR + j] = popcount(a_i XOR w_j) over nvec
+   256-bit vectors, MR (1 or 2) activation rows and NR (1..4) weight rows, both in the
+   nibble-split layout (8 words per vector). For the remainders of a tile; the bulk is
+   bnn_kernel_2x4. Byte counters are summed with vpsadbw every BNN_MAX_CHUNK vectors. */
+template <int MR, int NR>
+static inline __attribute__((always_inline)) void bnn_kernel(
+    const uint64_t* a, npy_intp a_stride, const uint64_t* w, npy_intp w_stride,
+    npy_intp nvec, int32_t* counts)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i total[MR][NR];
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NR; ++j)
+            total[i][j] = zero;
+    for (npy_intp v0 = 0; v0 < nvec; v0 += BNN_MAX_CHUNK) {
+        const npy_intp v1 = v0 + BNN_MAX_CHUNK < nvec ? v0 + BNN_MAX_CHUNK : nvec;
+        __m256i acc[MR][NR];
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NR; ++j)
+                acc[i][j] = zero;
+        for (npy_intp v = v0; v < v1; ++v) {
+            __m256i a_lo[MR], a_hi[MR];
+            for (int i = 0; i < MR; ++i) {
+                a_lo[i] = _mm256_loadu_si256((const __m256i*)(a + i * a_stride + 8 * v));
+                a_hi[i] = _mm256_loadu_si256((const __m256i*)(a + i * a_stride + 8 * v + 4));
+                /* keeps the rows in registers (GCC would otherwise re-load them) */
+                __asm__("" : "+x"(a_lo[i]), "+x"(a_hi[i]));
+            }
+            for (int j = 0; j < NR; ++j) {
+                const __m256i w_lo = _mm256_loadu_si256((const __m256i*)(w + j * w_stride + 8 * v));
+                const __m256i w_hi = _mm256_loadu_si256((const __m256i*)(w + j * w_stride + 8 * v + 4));
+                for (int i = 0; i < MR; ++i)
+                    acc[i][j] = _mm256_add_epi8(acc[i][j], _mm256_add_epi8(
+                        _mm256_shuffle_epi8(lut, _mm256_xor_si256(a_lo[i], w_lo)),
+                        _mm256_shuffle_epi8(lut, _mm256_xor_si256(a_hi[i], w_hi))));
+            }
+        }
+        for (int i = 0; i < MR; ++i)
+            for (int j = 0; j < NR; ++j)
+                total[i][j] = _mm256_add_epi64(total[i][j], _mm256_sad_epu8(acc[i][j], zero));
+    }
+    for (int i = 0; i < MR; ++i)
+        for (int j = 0; j < NR; ++j) {
+            const __m128i t = _mm_add_epi64(_mm256_castsi256_si128(total[i][j]),
+                                            _mm256_extracti128_si256(total[i][j], 1));
+            counts[i * NR + j] = (int32_t)(_mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1));
+        }
+}
+
+/* The bulk micro-kernel: 2 activation rows x 4 weight rows (counts as bnn_kernel<2, 4>),
+   one vector step per asm statement. The two rows' four vectors stay in registers and
+   each weight vector is read by the XOR itself: 6.5 instructions per pair of 256-bit
+   vectors, 15 of the 16 ymm registers. GCC's allocation of the same intrinsics re-loads
+   rows and copies accumulators (about 9 instructions per pair, measured 1.3x slower on
+   Zen 3). */
+static inline __attribute__((always_inline)) void bnn_kernel_2x4(
+    const uint64_t* a, npy_intp a_stride, const uint64_t* w, npy_intp w_stride,
+    npy_intp nvec, int32_t* counts)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i zero = _mm256_setzero_si256();
+    __m256i total[8];
+    for (int k = 0; k < 8; ++k)
+        total[k] = zero;
+    for (npy_intp v0 = 0; v0 < nvec; v0 += BNN_MAX_CHUNK) {
+        const npy_intp v1 = v0 + BNN_MAX_CHUNK < nvec ? v0 + BNN_MAX_CHUNK : nvec;
+        __m256i c00 = zero, c01 = zero, c02 = zero, c03 = zero;
+        __m256i c10 = zero, c11 = zero, c12 = zero, c13 = zero;
+        const uint64_t* a0 = a + 8 * v0;
+        const uint64_t* a1 = a0 + a_stride;
+        const uint64_t* w0 = w + 8 * v0;
+        const uint64_t* w1 = w0 + w_stride;
+        const uint64_t* w2 = w1 + w_stride;
+        const uint64_t* w3 = w2 + w_stride;
+        for (npy_intp v = v0; v < v1; ++v) {
+            __m256i al0, ah0, al1, ah1, t0, t1;
+            /* AT&T order: vpxor mem, src, dst; vpshufb index, table, dst */
+#define BNN_COLUMN(W, C0, C1)                        \
+            "vpxor (%[" W "]), %[al0], %[t0]\n\t"    \
+            "vpxor (%[" W "]), %[al1], %[t1]\n\t"    \
+            "vpshufb %[t0], %[lut], %[t0]\n\t"       \
+            "vpshufb %[t1], %[lut], %[t1]\n\t"       \
+            "vpaddb %[t0], %[" C0 "], %[" C0 "]\n\t" \
+            "vpaddb %[t1], %[" C1 "], %[" C1 "]\n\t" \
+            "vpxor 32(%[" W "]), %[ah0], %[t0]\n\t"  \
+            "vpxor 32(%[" W "]), %[ah1], %[t1]\n\t"  \
+            "vpshufb %[t0], %[lut], %[t0]\n\t"       \
+            "vpshufb %[t1], %[lut], %[t1]\n\t"       \
+            "vpaddb %[t0], %[" C0 "], %[" C0 "]\n\t" \
+            "vpaddb %[t1], %[" C1 "], %[" C1 "]\n\t"
+            __asm__(
+                "vmovdqu (%[a0]), %[al0]\n\t"
+                "vmovdqu 32(%[a0]), %[ah0]\n\t"
+                "vmovdqu (%[a1]), %[al1]\n\t"
+                "vmovdqu 32(%[a1]), %[ah1]\n\t"
+                BNN_COLUMN("w0", "c00", "c10")
+                BNN_COLUMN("w1", "c01", "c11")
+                BNN_COLUMN("w2", "c02", "c12")
+                BNN_COLUMN("w3", "c03", "c13")
+                : [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c03] "+x"(c03),
+                  [c10] "+x"(c10), [c11] "+x"(c11), [c12] "+x"(c12), [c13] "+x"(c13),
+                  [al0] "=&x"(al0), [ah0] "=&x"(ah0), [al1] "=&x"(al1), [ah1] "=&x"(ah1),
+                  [t0] "=&x"(t0), [t1] "=&x"(t1)
+                : [a0] "r"(a0), [a1] "r"(a1), [w0] "r"(w0), [w1] "r"(w1), [w2] "r"(w2),
+                  [w3] "r"(w3), [lut] "x"(lut)
+                : "memory");
+#undef BNN_COLUMN
+            a0 += 8; a1 += 8; w0 += 8; w1 += 8; w2 += 8; w3 += 8;
+        }
+        const __m256i c[8] = {c00, c01, c02, c03, c10, c11, c12, c13};
+        for (int k = 0; k < 8; ++k)
+            total[k] = _mm256_add_epi64(total[k], _mm256_sad_epu8(c[k], zero));
+    }
+    for (int k = 0; k < 8; ++k) {
+        const __m128i t = _mm_add_epi64(_mm256_castsi256_si128(total[k]),
+                                        _mm256_extracti128_si256(total[k], 1));
+        counts[k] = (int32_t)(_mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1));
+    }
+}
+
+/* counts[r * ldc + (n - n0)] = popcount(a_r XOR w_n) for rows r < rows and weight rows
+   n0 <= n < n1; a: rows of sw = 8 nvec words, w: weight rows of sw words starting at
+   row n0. Weight panels of 4 outer, row pairs inner: the panel stays in L1 while the
+   rows stream past it. */
+static void bnn_count_tile(const uint64_t* a, npy_intp rows, const uint64_t* w, npy_intp n0,
+                           npy_intp n1, npy_intp nvec, int32_t* counts, npy_intp ldc)
+{
+    const npy_intp sw = 8 * nvec;
+    int32_t c[8];
+    npy_intp n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        const uint64_t* wp = w + (n - n0) * sw;
+        npy_intp r = 0;
+        for (; r + 2 <= rows; r += 2) {
+            bnn_kernel_2x4(a + r * sw, sw, wp, sw, nvec, c);
+            memcpy(counts + r * ldc + (n - n0), c, 4 * sizeof(int32_t));
+            memcpy(counts + (r + 1) * ldc + (n - n0), c + 4, 4 * sizeof(int32_t));
+        }
+        if (r < rows) {
+            bnn_kernel<1, 4>(a + r * sw, sw, wp, sw, nvec, c);
+            memcpy(counts + r * ldc + (n - n0), c, 4 * sizeof(int32_t));
+        }
+    }
+    for (; n < n1; ++n) {  /* last columns when the width is not a multiple of 4 */
+        const uint64_t* wp = w + (n - n0) * sw;
+        npy_intp r = 0;
+        for (; r + 2 <= rows; r += 2) {
+            bnn_kernel<2, 1>(a + r * sw, sw, wp, sw, nvec, c);
+            counts[r * ldc + (n - n0)] = c[0];
+            counts[(r + 1) * ldc + (n - n0)] = c[1];
+        }
+        if (r < rows) {
+            bnn_kernel<1, 1>(a + r * sw, sw, wp, sw, nvec, c);
+            counts[r * ldc + (n - n0)] = c[0];
+        }
+    }
+}
+
+/* Sign bits of one row from popcounts c (n0 <= n < n1, n0 a multiple of 64): bit n =
+   (c[n] > limit[n]) XOR keep[n] (bnn_xnor_gemm explains limit and keep); every word
+   n0/64 .. of the row in dst is written whole, padding bits 0. */
+static inline void bnn_bits_from_counts(const int32_t* c, npy_intp n0, npy_intp n1,
+                                        const int32_t* limit, const uint64_t* keep,
+                                        uint64_t* dst)
+{
+    for (npy_intp q = n0; q < n1; q += 64) {
+        const npy_intp q1 = q + 64 < n1 ? q + 64 : n1;
+        uint64_t word = 0;
+        npy_intp r = q;
+        for (; r + 8 <= q1; r += 8) {
+            const __m256i above = _mm256_cmpgt_epi32(
+                _mm256_loadu_si256((const __m256i*)(c + r - n0)),
+                _mm256_loadu_si256((const __m256i*)(limit + r)));
+            word |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(above)) << (r - q);
+        }
+        for (; r < q1; ++r)
+            word |= (uint64_t)(c[r - n0] > limit[r]) << (r - q);
+        const uint64_t valid = q1 - q == 64 ? ~(uint64_t)0 : (((uint64_t)1 << (q1 - q)) - 1);
+        dst[q / 64] = (word ^ keep[q / 64]) & valid;
+    }
+}
+
+/* One tile, AVX2 nibble lookup: a rows m0..m1 and w rows n0..n1 in the split layout,
+   popcounts into a tile buffer, then the tile's output (s = K - 2c, or sign bits). */
 static void bnn_tile_avx2(const bnn_gemm* g, const uint64_t* a, const uint64_t* w,
                           npy_intp m0, npy_intp m1, npy_intp n0, npy_intp n1)
 {
-    const npy_intp sw = 8 * g->nvec;
-    for (npy_intp m = m0; m < m1; m += 2) {
-        const int mr = (m1 - m >= 2) ? 2 : 1;
-        uint64_t row_bits[2][BNN_TILE_COLS / 64] = {{0}};
-        const uint64_t* ap = a + (m - m0) * sw;
-        npy_intp n = n0;
-        for (; n + 4 <= n1; n += 4) {
-            __m128i counts[2];
-            if (mr == 2)
-                bnn_block4<2>(ap, sw, w + (n - n0) * sw, sw, g->nvec, counts);
-            else
-                bnn_block4<1>(ap, sw, w + (n - n0) * sw, sw, g->nvec, counts);
-            for (int i = 0; i < mr; ++i)
-                bnn_store4(g, m + i, n, n0, counts[i], row_bits[i]);
+    int32_t counts[BNN_AVX2_TILE_ROWS * BNN_TILE_COLS];
+    const npy_intp width = n1 - n0;
+    bnn_count_tile(a, m1 - m0, w, n0, n1, g->nvec, counts, width);
+    for (npy_intp m = m0; m < m1; ++m) {
+        const int32_t* row = counts + (m - m0) * width;
+        if (g->out_int) {
+            const __m256i k = _mm256_set1_epi32((int32_t)g->K);
+            int32_t* dst = g->out_int + m * g->N;
+            npy_intp n = n0;
+            for (; n + 8 <= n1; n += 8)
+                _mm256_storeu_si256((__m256i*)(dst + n), _mm256_sub_epi32(k, _mm256_slli_epi32(
+                    _mm256_loadu_si256((const __m256i*)(row + n - n0)), 1)));
+            for (; n < n1; ++n)
+                dst[n] = (int32_t)g->K - 2 * row[n - n0];
+        } else {
+            bnn_bits_from_counts(row, n0, n1, g->limit, g->keep,
+                                 g->out_bits + m * g->out_words);
         }
-        for (; n < n1; ++n)  /* last columns when N % 4 != 0 */
-            for (int i = 0; i < mr; ++i) {
-                int64_t count;
-                bnn_block_counts<1, 1>(ap + i * sw, sw, w + (n - n0) * sw, sw, g->nvec, &count);
-                bnn_store1(g, m + i, n, n0, count, row_bits[i]);
-            }
-        for (int i = 0; i < mr; ++i)
-            bnn_flush_bits(g, m + i, n0, n1, row_bits[i]);
     }
 }
 
@@ -375,10 +461,18 @@ static int bnn_xnor_gemm(const uint64_t* a, const float* x_float, const uint64_t
                          npy_intp out_words, const int32_t* thresholds, const int8_t* flip)
 {
     const npy_intp nvec = kw / 4, sw = 2 * kw;
-    const npy_intp m_tiles = (M + BNN_TILE_ROWS - 1) / BNN_TILE_ROWS;
-    const npy_intp n_tiles = (N + BNN_TILE_COLS - 1) / BNN_TILE_COLS;
-    const npy_intp n_padded = ((N + 255) / 256) * 256;
     const int vpopcnt = bnn_use_vpopcnt();
+    const npy_intp n_padded = ((N + 255) / 256) * 256;
+    /* Tiles of tile_rows x tile_cols outputs, one tile per task. Small batches have few
+       row tiles: the columns are then cut in 64-wide tiles so that every thread gets
+       work (batch 1 of a 1024-wide layer: 16 tiles). */
+    const npy_intp threads = omp_get_max_threads();
+    const npy_intp tile_rows = vpopcnt ? BNN_TILE_ROWS : BNN_AVX2_TILE_ROWS;
+    const npy_intp m_tiles = (M + tile_rows - 1) / tile_rows;
+    const npy_intp tile_cols = m_tiles * ((N + BNN_TILE_COLS - 1) / BNN_TILE_COLS) < 4 * threads
+                               ? 64 : BNN_TILE_COLS;
+    const npy_intp n_tiles = (N + tile_cols - 1) / tile_cols;
+    const int team = (int)(m_tiles * n_tiles < threads ? m_tiles * n_tiles : threads);
     /* Thresholds moved onto the popcount c (s = K - 2c):
        s >= t  <=>  c <= floor((K - t) / 2);  s <= t  <=>  c > ceil((K - t) / 2) - 1.
        So bit = (c > limit) XOR (not flip), 4 columns per compare. */
@@ -404,10 +498,10 @@ static int bnn_xnor_gemm(const uint64_t* a, const float* x_float, const uint64_t
         }
     }
     bnn_gemm g = {M, N, K, nvec, out_int, out_bits, out_words, thresholds, flip, limit, keep};
-    #pragma omp parallel
+    #pragma omp parallel num_threads(team)
     {
         /* AVX2: this tile's activation rows split; VPOPCNTQ: this tile's weights merged */
-        const npy_intp buffer_words = vpopcnt ? BNN_TILE_COLS * kw : BNN_TILE_ROWS * sw;
+        const npy_intp buffer_words = vpopcnt ? BNN_TILE_COLS * kw : BNN_AVX2_TILE_ROWS * sw;
         uint64_t* buffer = (uint64_t*)aligned_alloc(32, sizeof(uint64_t) * buffer_words);
         uint64_t* own_rows = x_float ? (uint64_t*)aligned_alloc(32, sizeof(uint64_t) * M * kw)
                                      : NULL;
@@ -423,10 +517,10 @@ static int bnn_xnor_gemm(const uint64_t* a, const float* x_float, const uint64_t
         for (npy_intp tile = 0; tile < m_tiles * n_tiles; ++tile) {
             if (!buffer || (x_float && (!own_rows || !packed_tile)))
                 continue;
-            const npy_intp n0 = (tile / m_tiles) * BNN_TILE_COLS;
-            const npy_intp m0 = (tile % m_tiles) * BNN_TILE_ROWS;
-            const npy_intp n1 = n0 + BNN_TILE_COLS < N ? n0 + BNN_TILE_COLS : N;
-            const npy_intp m1 = m0 + BNN_TILE_ROWS < M ? m0 + BNN_TILE_ROWS : M;
+            const npy_intp n0 = (tile / m_tiles) * tile_cols;
+            const npy_intp m0 = (tile % m_tiles) * tile_rows;
+            const npy_intp n1 = n0 + tile_cols < N ? n0 + tile_cols : N;
+            const npy_intp m1 = m0 + tile_rows < M ? m0 + tile_rows : M;
             if (x_float && !packed_tile[tile % m_tiles]) {
                 for (npy_intp m = m0; m < m1; ++m)
                     bnn_pack_float_row(x_float + m * K, K, own_rows + m * kw, kw);
