@@ -433,6 +433,9 @@ class CpuConvNet:
 
     def __init__(self, function, kernel, input_shape, n_out):
         self._function = function
+        # Theano's ProfileStats of the compiled function (time per Op application)
+        # when built with profile=True, else None
+        self.profile = function.profile or None
         self.kernel = kernel
         self.input_shape = tuple(int(v) for v in input_shape)
         self.n_in = int(np.prod(self.input_shape))
@@ -460,7 +463,8 @@ class CpuConvNet:
         return np.argmax(self.scores(X, batch_size), axis=1)
 
 
-def build_runtime_convnet(source, kernel="xnor_cpu", input_shape=(3, 32, 32), options=None):
+def build_runtime_convnet(source, kernel="xnor_cpu", input_shape=(3, 32, 32), options=None,
+                          profile=False):
     """Compile a CPU run time for a trained binary ConvNet.
 
     Parameters
@@ -476,6 +480,9 @@ def build_runtime_convnet(source, kernel="xnor_cpu", input_shape=(3, 32, 32), op
         ``(channels, height, width)`` (taken from the layers when folded).
     options : TrainingOptions, optional
         Parameters only: ``--H`` and ``--batchnorm`` of the training run.
+    profile : bool
+        Compile with Theano's profiler: the run time's ``profile`` then holds the
+        time spent in each Op application (``benchmarks/convnet_layers.py``).
 
     Returns
     -------
@@ -493,8 +500,10 @@ def build_runtime_convnet(source, kernel="xnor_cpu", input_shape=(3, 32, 32), op
         input_shape = (g["channels"], g["height"], g["width"])
     elif kernel == "theano":
         x, scores, n_out = _build_theano(source, options, input_shape)
-        return CpuConvNet(theano.function([x], scores), kernel, input_shape, n_out)
+        return CpuConvNet(theano.function([x], scores, profile=profile), kernel, input_shape,
+                          n_out)
     else:
         layers, _, input_shape = fold_network(source, options, "float", input_shape)
     x, scores = _build_xnor(layers)
-    return CpuConvNet(theano.function([x], scores), kernel, input_shape, layers[-1].n_out)
+    return CpuConvNet(theano.function([x], scores, profile=profile), kernel, input_shape,
+                      layers[-1].n_out)

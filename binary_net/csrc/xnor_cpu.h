@@ -617,10 +617,19 @@ static int bnn_pixel_gemm(const uint8_t* p_u8, const float* p_f32, npy_intp M, n
     per_block = per_block < BNN_PIXEL_IMAGES_MIN ? BNN_PIXEL_IMAGES_MIN
               : (per_block > BNN_PIXEL_IMAGES ? BNN_PIXEL_IMAGES : per_block);
     const npy_intp blocks = (M + per_block - 1) / per_block;
+    /* Few images (small batches): the columns are split too, so every thread gets work.
+       Groups of column blocks are 128 columns wide or more, whole words of out_bits. */
+    const npy_intp col_blocks = NP / BNN_PIXEL_COLS;
+    npy_intp groups = blocks >= 4 * threads ? 1 : (4 * threads + blocks - 1) / blocks;
+    groups = groups > col_blocks ? col_blocks : groups;
+    const npy_intp per_group = (col_blocks + groups - 1) / groups;
+    groups = (col_blocks + per_group - 1) / per_group;
+    const npy_intp items = blocks * groups;
+    const int team = (int)(items < threads ? items : threads);
     int failed = 0;
     if (out_bits)
         memset(out_bits, 0, sizeof(uint64_t) * M * out_words);
-    #pragma omp parallel
+    #pragma omp parallel num_threads(team)
     {
         int32_t* index = (int32_t*)malloc(sizeof(int32_t) * per_block * (K2 + 1));
         uint16_t* value = (uint16_t*)malloc(sizeof(uint16_t) * per_block * (K2 + 1));
@@ -631,9 +640,13 @@ static int bnn_pixel_gemm(const uint8_t* p_u8, const float* p_f32, npy_intp M, n
             failed = -1;
         }
         #pragma omp for schedule(dynamic, 1)
-        for (npy_intp block = 0; block < blocks; ++block) {
+        for (npy_intp item = 0; item < items; ++item) {
             if (!index || !value || !row_u8)
                 continue;
+            const npy_intp block = item / groups, group = item % groups;
+            const npy_intp c0 = group * per_group * BNN_PIXEL_COLS;
+            const npy_intp c1 = c0 + per_group * BNN_PIXEL_COLS < NP
+                                ? c0 + per_group * BNN_PIXEL_COLS : NP;
             const npy_intp m0 = block * per_block;
             const npy_intp m1 = m0 + per_block < M ? m0 + per_block : M;
             for (npy_intp m = m0; m < m1; ++m) {
@@ -652,7 +665,7 @@ static int bnn_pixel_gemm(const uint8_t* p_u8, const float* p_f32, npy_intp M, n
                                                   value + (m - m0) * (K2 + 1));
             }
             /* Column block outer: its 128 weight columns stay in cache for all images. */
-            for (npy_intp n0 = 0; n0 < NP; n0 += BNN_PIXEL_COLS) {
+            for (npy_intp n0 = c0; n0 < c1; n0 += BNN_PIXEL_COLS) {
                 for (npy_intp m = m0; m < m1; ++m) {
                     const int32_t* idx = index + (m - m0) * (K2 + 1);
                     const uint16_t* val = value + (m - m0) * (K2 + 1);
