@@ -256,7 +256,10 @@ class SignPackNCHW(xc.XnorCOp):
     Bit ``c`` of pixel (m, y, x) is ``((v + b) - mean) * scale + beta >= 0``
     with ``v = pre[m, c, y, x]``, evaluated in float32 in exactly this order
     (the order of the float run-time's Theano graph, and no FMA), so the bits
-    are those of the float network. Output (M, H, W, packed_words(C)) uint64.
+    are those of the float network: NaN gives bit 0, -0.0 gives bit 1.
+    Output (M, H, W, packed_words(C)) uint64, padding bits zero. The C code
+    evaluates 8 pixels of a channel per AVX2 vector and transposes 8x8 bit
+    blocks (channels x pixels) into the packed words, threads over image rows.
     Replaces a Theano elementwise pass, a transposing copy and a packing pass.
     """
 

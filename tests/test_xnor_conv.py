@@ -262,3 +262,49 @@ def test_sign_pack_matches_float_batchnorm_including_ties():
     storage = [[None]]
     op.perform(None, [pre, b, mean, scale, beta], storage)
     np.testing.assert_array_equal(storage[0][0], expected)
+
+
+def _sign_pack_by_bytes(pre, b, mean, scale, beta):
+    """Independent numpy reference of SignPackNCHW: np.packbits, little-endian words."""
+    v = lambda a: a[None, :, None, None]  # noqa: E731
+    with np.errstate(invalid="ignore", over="ignore"):
+        h = ((pre + v(b)) - v(mean)) * v(scale) + v(beta)
+        bits = (h >= 0).transpose(0, 2, 3, 1)
+    M, H, W, C = bits.shape
+    words = -(-C // 256) * 4
+    padded = np.zeros((M, H, W, 64 * words), dtype=bool)
+    padded[..., :C] = bits
+    return np.packbits(padded, axis=-1, bitorder="little").view("<u8")
+
+
+def test_sign_pack_awkward_shapes_and_special_values():
+    # channel counts around word and 8-channel boundaries, images and spans whose
+    # pixel counts are not multiples of 8 (the vector tail), images of more than one
+    # span (over 1024 pixels, or one image split between threads), 0, -0.0, NaN, inf,
+    # huge and denormal values, threaded sizes, and an output buffer that Theano
+    # reuses across calls (every word must be rewritten)
+    rng = np.random.RandomState(11)
+    x = T.tensor4("pre", dtype="float32")
+    vecs = [T.vector(name, dtype="float32") for name in ("b", "mean", "scale", "beta")]
+    fn = theano.function([x] + vecs, xv.SignPackNCHW()(x, *vecs))
+    specials = np.array([0., -0., np.nan, np.inf, -np.inf, 3e38, -3e38, 1e-45, -1e-45],
+                        dtype=np.float32)
+    shapes = [(2, 1, 3, 5), (1, 63, 2, 9), (3, 64, 2, 8), (1, 65, 3, 16), (2, 70, 1, 13),
+              (1, 128, 4, 1), (1, 300, 2, 7), (2, 300, 9, 13), (1, 7, 2, 33),
+              (3, 9, 40, 45), (1, 40, 37, 41)]
+    for M, C, H, W in shapes:
+        for trial in range(2):  # the second call reuses the first call's output
+            pre = rng.randint(-3, 4, size=(M, C, H, W)).astype(np.float32)
+            spots = rng.rand(M, C, H, W) < 0.2
+            pre[spots] = rng.choice(specials, size=spots.sum())
+            b, mean = rng.randint(-2, 3, size=(2, C)).astype(np.float32)
+            scale = rng.choice([-0.5, 0., -0., 0.25, 1., 1e30], size=C).astype(np.float32)
+            beta = rng.choice([-1., 0., -0., 0.5, np.nan], size=C, p=[.3, .3, .2, .15, .05]
+                              ).astype(np.float32)
+            expected = _sign_pack_by_bytes(pre, b, mean, scale, beta)
+            if trial == 1:  # all-ones before: stale bits would show
+                fn(np.full_like(pre, 1.), np.zeros_like(b), np.zeros_like(b),
+                   np.ones_like(b), np.zeros_like(b))
+            got = fn(pre, b, mean, scale, beta)
+            assert got.dtype == np.uint64 and got.shape == expected.shape, (M, C, H, W)
+            np.testing.assert_array_equal(got, expected, err_msg=str((M, C, H, W)))

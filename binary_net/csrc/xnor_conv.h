@@ -306,9 +306,83 @@ static int bnn_xnor_conv_op(int bits_out, PyArrayObject* x, PyArrayObject* w,
     return ok ? 0 : -1;
 }
 
+/* Transpose of an 8x8 bit matrix held in a uint64: bit 8 r + c goes to bit 8 c + r
+   (byte r, bit c -> byte c, bit r), by three rounds of swapping off-diagonal blocks. */
+static inline uint64_t bnn_transpose8x8(uint64_t x)
+{
+    uint64_t t = (x ^ (x >> 7)) & 0x00AA00AA00AA00AAULL;
+    x ^= t ^ (t << 7);
+    t = (x ^ (x >> 14)) & 0x0000CCCC0000CCCCULL;
+    x ^= t ^ (t << 14);
+    t = (x ^ (x >> 28)) & 0x00000000F0F0F0F0ULL;
+    x ^= t ^ (t << 28);
+    return x;
+}
+
+/* Most pixels of one image that bnn_sign_pack_span handles (its mask buffer: 1 KB). */
+#define BNN_SIGN_PACK_SPAN 1024
+
+/* The first-layer sign-pack (see bnn_sign_pack_nchw_op) of n <= BNN_SIGN_PACK_SPAN
+   consecutive pixels of one image. src: channel 0 of the first pixel, channel c at
+   src + c * plane; dst: the n pixels' bytes bytes (bytes = 8 words), every byte
+   written. Eight channels at a time (byte g of every pixel): each channel's BatchNorm
+   over 8 pixels is one AVX2 vector whose sign bits (_mm256_movemask_ps) become byte
+   j = channel - 8 g of that 8-pixel block's uint64; an 8x8 bit transpose turns it
+   into byte i = pixel i, bit j = channel 8 g + j, which is byte g of the pixel's
+   packed words (little-endian uint64). Channel by channel the reads are sequential. */
+static void bnn_sign_pack_span(const float* src, npy_intp plane, npy_intp C, npy_intp n,
+                               const float* vb, const float* vm, const float* vs,
+                               const float* vt, unsigned char* dst, npy_intp bytes)
+{
+    uint64_t masks[BNN_SIGN_PACK_SPAN / 8];
+    const npy_intp blocks = (n + 7) / 8, full = n / 8, rest = n % 8;
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)rest),
+                                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    for (npy_intp g = 0; g < bytes; ++g) {
+        const npy_intp c0 = 8 * g;
+        if (c0 >= C) {  /* padding channels: zero bits */
+            for (npy_intp p = 0; p < n; ++p)
+                dst[p * bytes + g] = 0;
+            continue;
+        }
+        for (npy_intp k = 0; k < blocks; ++k)
+            masks[k] = 0;
+        const npy_intp c_end = c0 + 8 < C ? c0 + 8 : C;
+        for (npy_intp c = c0; c < c_end; ++c) {
+            const float* s = src + c * plane;
+            const __m256 b = _mm256_set1_ps(vb[c]), m = _mm256_set1_ps(vm[c]);
+            const __m256 sc = _mm256_set1_ps(vs[c]), t = _mm256_set1_ps(vt[c]);
+            const int shift = (int)(8 * (c - c0));
+            for (npy_intp k = 0; k < full; ++k) {
+                const __m256 h = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(
+                    _mm256_add_ps(_mm256_loadu_ps(s + 8 * k), b), m), sc), t);
+                /* ordered >=: NaN gives 0, -0.0 gives 1, as the float graph's h >= 0 */
+                masks[k] |= (uint64_t)(unsigned)_mm256_movemask_ps(
+                    _mm256_cmp_ps(h, zero, _CMP_GE_OQ)) << shift;
+            }
+            if (rest) {  /* lanes past n read nothing; their bits are never stored */
+                const __m256 h = _mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(
+                    _mm256_add_ps(_mm256_maskload_ps(s + 8 * full, tail), b), m), sc), t);
+                masks[full] |= (uint64_t)(unsigned)_mm256_movemask_ps(
+                    _mm256_cmp_ps(h, zero, _CMP_GE_OQ)) << shift;
+            }
+        }
+        for (npy_intp k = 0; k < blocks; ++k) {
+            const uint64_t bits = bnn_transpose8x8(masks[k]);
+            const npy_intp count = k < full ? 8 : rest;
+            unsigned char* d = dst + 8 * k * bytes + g;
+            for (npy_intp i = 0; i < count; ++i)
+                d[i * bytes] = (unsigned char)(bits >> (8 * i));
+        }
+    }
+}
+
 /* SignPackNCHW: float32 pre (M, C, H, W) and float32 (C,) vectors b, mean, scale, beta;
-   *z uint64 (M, H, W, packed words of C) with bit c of pixel (m, y, x) =
-   ((pre + b) - mean) * scale + beta >= 0, in float32, in this order, no FMA. */
+   *z uint64 (M, H, W, words), words = packed words of C (a multiple of 4), with bit c
+   of pixel (m, y, x) = ((pre + b) - mean) * scale + beta >= 0, in float32, in this
+   order, no FMA (AVX2 add, sub, mul, add; ordered compare: NaN gives 0, -0.0 gives 1);
+   padding bits zero. Every word of *z is written; OpenMP over spans of pixels. */
 static int bnn_sign_pack_nchw_op(PyArrayObject* pre, PyArrayObject* b, PyArrayObject* mean,
                                  PyArrayObject* scale, PyArrayObject* beta, PyArrayObject** z)
 {
@@ -322,34 +396,37 @@ static int bnn_sign_pack_nchw_op(PyArrayObject* pre, PyArrayObject* b, PyArrayOb
     }
     const npy_intp words = ((C + 255) / 256) * 4;
     npy_intp dims[4] = {M, H, W, words};
-    Py_XDECREF(*z);
-    *z = (PyArrayObject*)PyArray_ZEROS(4, dims, NPY_UINT64, 0);
-    if (!*z)
-        return -1;
+    if (*z == NULL || PyArray_NDIM(*z) != 4 || PyArray_DIMS(*z)[0] != M
+        || PyArray_DIMS(*z)[1] != H || PyArray_DIMS(*z)[2] != W
+        || PyArray_DIMS(*z)[3] != words || !PyArray_IS_C_CONTIGUOUS(*z)) {
+        Py_XDECREF(*z);
+        *z = (PyArrayObject*)PyArray_EMPTY(4, dims, NPY_UINT64, 0);
+        if (!*z)
+            return -1;
+    }
     PyArrayObject* p_c = PyArray_GETCONTIGUOUS(pre);
     PyArrayObject* v_c[4] = {PyArray_GETCONTIGUOUS(b), PyArray_GETCONTIGUOUS(mean),
                              PyArray_GETCONTIGUOUS(scale), PyArray_GETCONTIGUOUS(beta)};
-    const int ok = p_c && v_c[0] && v_c[1] && v_c[2] && v_c[3];
-    if (ok) {
+    int ok = p_c && v_c[0] && v_c[1] && v_c[2] && v_c[3];
+    if (ok && M * H * W > 0) {
         const float* P = (const float*)PyArray_DATA(p_c);
         const float* vb = (const float*)PyArray_DATA(v_c[0]);
         const float* vm = (const float*)PyArray_DATA(v_c[1]);
         const float* vs = (const float*)PyArray_DATA(v_c[2]);
         const float* vt = (const float*)PyArray_DATA(v_c[3]);
-        uint64_t* out = (uint64_t*)PyArray_DATA(*z);
-        #pragma omp parallel for schedule(static) if (M * C * H * W > 65536)
-        for (npy_intp row = 0; row < M * H; ++row) {
-            const npy_intp m = row / H, y = row % H;
-            uint64_t* dst = out + row * W * words;
-            for (npy_intp c = 0; c < C; ++c) {
-                const float* src = P + ((m * C + c) * H + y) * W;
-                const uint64_t bit = (uint64_t)1 << (c % 64);
-                for (npy_intp x = 0; x < W; ++x) {
-                    const float h = ((src[x] + vb[c]) - vm[c]) * vs[c] + vt[c];
-                    if (h >= 0.0f)
-                        dst[x * words + c / 64] |= bit;
-                }
-            }
+        unsigned char* out = (unsigned char*)PyArray_DATA(*z);
+        const npy_intp bytes = 8 * words, HW = H * W;
+        /* spans of whole images, or as many as there are threads when images are few */
+        const npy_intp threads = omp_get_max_threads();
+        const npy_intp parts = M >= threads ? 1 : (threads + M - 1) / M;
+        npy_intp span = ((HW + parts - 1) / parts + 7) / 8 * 8;
+        span = span > BNN_SIGN_PACK_SPAN ? BNN_SIGN_PACK_SPAN : span;
+        const npy_intp spans = (HW + span - 1) / span;
+        #pragma omp parallel for schedule(static) if (M * C * HW > 65536)
+        for (npy_intp u = 0; u < M * spans; ++u) {
+            const npy_intp m = u / spans, p0 = (u % spans) * span;
+            bnn_sign_pack_span(P + m * C * HW + p0, HW, C, HW - p0 < span ? HW - p0 : span,
+                               vb, vm, vs, vt, out + (m * HW + p0) * bytes, bytes);
         }
     }
     Py_XDECREF(p_c);
