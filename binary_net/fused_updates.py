@@ -24,7 +24,7 @@ import theano.tensor as T
 from theano.graph.basic import Apply
 from theano.graph.op import COp
 
-from .c_sources import c_source
+from .c_sources import c_source, cache_version
 
 __all__ = ["BinaryAdamStep", "fused_binary_adam"]
 
@@ -78,7 +78,7 @@ class BinaryAdamStep(COp):
         return c_source("binary_adam.h")
 
     def c_code_cache_version(self):
-        return (3,)
+        return cache_version(3, self.c_support_code())
 
     def c_code(self, node, name, inputs, outputs, sub):
         W, m, v, g, a_t = inputs

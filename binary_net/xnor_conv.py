@@ -257,13 +257,17 @@ class SignPackNCHW(xc.XnorCOp):
     with ``v = pre[m, c, y, x]``, evaluated in float32 in exactly this order
     (the order of the float run-time's Theano graph, and no FMA), so the bits
     are those of the float network: NaN gives bit 0, -0.0 gives bit 1.
-    Output (M, H, W, packed_words(C)) uint64, padding bits zero. The C code
+    Output (M, H, W, ceil(C / 64)) uint64 (the words per pixel of
+    :class:`XnorConv`'s outputs), padding bits zero. The C code
     evaluates 8 pixels of a channel per AVX2 vector and transposes 8x8 bit
     blocks (channels x pixels) into the packed words, threads over image rows.
     Replaces a Theano elementwise pass, a transposing copy and a packing pass.
     """
 
-    __props__ = ()
+    # Output bit layout (model.layouts). A non-empty __props__ also keeps Theano's key
+    # "versioned": with () Theano recompiles the Op in every process.
+    __props__ = ("layout",)
+    layout = "FILE"
 
     def c_support_code(self, **kwargs):
         return super().c_support_code(**kwargs) + c_source("xnor_conv.h")
@@ -280,7 +284,7 @@ class SignPackNCHW(xc.XnorCOp):
         h = ((pre + b.reshape(shape)) - mean.reshape(shape)) * scale.reshape(shape) \
             + beta.reshape(shape)
         signs = np.where(h >= 0, 1., -1.).transpose(0, 2, 3, 1)
-        output_storage[0][0] = pack_channels(signs, xc.packed_words(pre.shape[1]))
+        output_storage[0][0] = pack_channels(signs)
 
     def c_code(self, node, name, inputs, outputs, sub):
         pre, b, mean, scale, beta = inputs
@@ -363,7 +367,7 @@ def _build_xnor(layers):
     channels, height, width = first.n_out, *(
         conv_output_size(size, fs, g["pad"], g["pool"])
         for size, fs in ((g["height"], g["filter_h"]), (g["width"], g["filter_w"])))
-    words = xc.packed_words(channels)
+    words = layouts.FILE.words(channels)
     spatial = True
     for layer in layers[1:]:
         if layer.kind == "conv":

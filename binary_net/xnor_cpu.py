@@ -67,7 +67,7 @@ import theano.tensor as T
 from theano.graph.basic import Apply
 from theano.graph.op import COp
 
-from .c_sources import c_source
+from .c_sources import c_source, cache_version
 from .model import layouts
 from .model.fold import TrainingOptions, apply_thresholds, bn_vectors
 from .model.inputs import in_batches, network_input, pixels_from_network_input
@@ -307,7 +307,7 @@ class XnorCOp(COp):
         return ["gomp"]
 
     def c_code_cache_version(self):
-        return (self._VERSION,)
+        return cache_version(self._VERSION, self.c_support_code())
 
 
 _OUTPUT_KINDS = ("int", "bits")
@@ -629,7 +629,10 @@ def xnor_pack(x):
 class _PackRows(XnorCOp):
     """float32 (M, K) -> packed uint64 (M, packed_words(K)), bit = x >= 0."""
 
-    __props__ = ()
+    # Output bit layout (model.layouts). A non-empty __props__ also keeps Theano's key
+    # "versioned": with () Theano recompiles the Op in every process.
+    __props__ = ("layout",)
+    layout = "CPU"
 
     def make_node(self, x):
         x = matrix_input(x, "float32", "x")

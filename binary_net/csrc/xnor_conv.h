@@ -379,7 +379,7 @@ static void bnn_sign_pack_span(const float* src, npy_intp plane, npy_intp C, npy
 }
 
 /* SignPackNCHW: float32 pre (M, C, H, W) and float32 (C,) vectors b, mean, scale, beta;
-   *z uint64 (M, H, W, words), words = packed words of C (a multiple of 4), with bit c
+   *z uint64 (M, H, W, words), words = ceil(C / 64) (as XnorConv's outputs), with bit c
    of pixel (m, y, x) = ((pre + b) - mean) * scale + beta >= 0, in float32, in this
    order, no FMA (AVX2 add, sub, mul, add; ordered compare: NaN gives 0, -0.0 gives 1);
    padding bits zero. Every word of *z is written; OpenMP over spans of pixels. */
@@ -394,7 +394,7 @@ static int bnn_sign_pack_nchw_op(PyArrayObject* pre, PyArrayObject* b, PyArrayOb
                      "vectors of other lengths", (long)C);
         return -1;
     }
-    const npy_intp words = ((C + 255) / 256) * 4;
+    const npy_intp words = (C + 63) / 64;
     npy_intp dims[4] = {M, H, W, words};
     if (*z == NULL || PyArray_NDIM(*z) != 4 || PyArray_DIMS(*z)[0] != M
         || PyArray_DIMS(*z)[1] != H || PyArray_DIMS(*z)[2] != W
