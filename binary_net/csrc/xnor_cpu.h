@@ -17,11 +17,15 @@
 #include <omp.h>
 
 /* Column tile of XnorDense: 256 columns = 4 output words per row. */
+#ifndef BNN_TILE_COLS
 #define BNN_TILE_COLS 256
+#endif
 #define BNN_TILE_ROWS 32
 /* Rows of an AVX2 tile: 16 nibble-split rows of a 4096-bit layer (16 KB) stay in L1
    beside a 4-row weight panel. */
+#ifndef BNN_AVX2_TILE_ROWS
 #define BNN_AVX2_TILE_ROWS 16
+#endif
 /* Byte counters hold at most 255: 31 vectors * 8 bits per byte. */
 #define BNN_MAX_CHUNK 31
 #define BNN_PIXEL_COLS 128
@@ -237,46 +241,48 @@ static inline __attribute__((always_inline)) void bnn_kernel_2x4(
         const npy_intp v1 = v0 + BNN_MAX_CHUNK < nvec ? v0 + BNN_MAX_CHUNK : nvec;
         __m256i c00 = zero, c01 = zero, c02 = zero, c03 = zero;
         __m256i c10 = zero, c11 = zero, c12 = zero, c13 = zero;
-        const uint64_t* a0 = a + 8 * v0;
+        /* fixed row pointers, one byte offset advanced per step */
+        const uint64_t* a0 = a;
         const uint64_t* a1 = a0 + a_stride;
-        const uint64_t* w0 = w + 8 * v0;
+        const uint64_t* w0 = w;
         const uint64_t* w1 = w0 + w_stride;
         const uint64_t* w2 = w1 + w_stride;
         const uint64_t* w3 = w2 + w_stride;
-        for (npy_intp v = v0; v < v1; ++v) {
-            __m256i al0, ah0, al1, ah1, t0, t1;
+        for (npy_intp off = 64 * v0; off < 64 * v1; off += 64) {
+            __m256i al0, ah0, al1, ah1, wv, t0, t1;
             /* AT&T order: vpxor mem, src, dst; vpshufb index, table, dst */
-#define BNN_COLUMN(W, C0, C1)                        \
-            "vpxor (%[" W "]), %[al0], %[t0]\n\t"    \
-            "vpxor (%[" W "]), %[al1], %[t1]\n\t"    \
-            "vpshufb %[t0], %[lut], %[t0]\n\t"       \
-            "vpshufb %[t1], %[lut], %[t1]\n\t"       \
-            "vpaddb %[t0], %[" C0 "], %[" C0 "]\n\t" \
-            "vpaddb %[t1], %[" C1 "], %[" C1 "]\n\t" \
-            "vpxor 32(%[" W "]), %[ah0], %[t0]\n\t"  \
-            "vpxor 32(%[" W "]), %[ah1], %[t1]\n\t"  \
-            "vpshufb %[t0], %[lut], %[t0]\n\t"       \
-            "vpshufb %[t1], %[lut], %[t1]\n\t"       \
-            "vpaddb %[t0], %[" C0 "], %[" C0 "]\n\t" \
+#define BNN_COLUMN(W, C0, C1)                                 \
+            "vmovdqu (%[" W "],%[off]), %[wv]\n\t"          \
+            "vpxor %[wv], %[al0], %[t0]\n\t"                 \
+            "vpxor %[wv], %[al1], %[t1]\n\t"                 \
+            "vpshufb %[t0], %[lut], %[t0]\n\t"               \
+            "vpshufb %[t1], %[lut], %[t1]\n\t"               \
+            "vpaddb %[t0], %[" C0 "], %[" C0 "]\n\t"         \
+            "vpaddb %[t1], %[" C1 "], %[" C1 "]\n\t"         \
+            "vmovdqu 32(%[" W "],%[off]), %[wv]\n\t"        \
+            "vpxor %[wv], %[ah0], %[t0]\n\t"                 \
+            "vpxor %[wv], %[ah1], %[t1]\n\t"                 \
+            "vpshufb %[t0], %[lut], %[t0]\n\t"               \
+            "vpshufb %[t1], %[lut], %[t1]\n\t"               \
+            "vpaddb %[t0], %[" C0 "], %[" C0 "]\n\t"         \
             "vpaddb %[t1], %[" C1 "], %[" C1 "]\n\t"
+            al0 = _mm256_loadu_si256((const __m256i*)((const char*)a0 + off));
+            ah0 = _mm256_loadu_si256((const __m256i*)((const char*)a0 + off + 32));
+            al1 = _mm256_loadu_si256((const __m256i*)((const char*)a1 + off));
+            ah1 = _mm256_loadu_si256((const __m256i*)((const char*)a1 + off + 32));
             __asm__(
-                "vmovdqu (%[a0]), %[al0]\n\t"
-                "vmovdqu 32(%[a0]), %[ah0]\n\t"
-                "vmovdqu (%[a1]), %[al1]\n\t"
-                "vmovdqu 32(%[a1]), %[ah1]\n\t"
                 BNN_COLUMN("w0", "c00", "c10")
                 BNN_COLUMN("w1", "c01", "c11")
                 BNN_COLUMN("w2", "c02", "c12")
                 BNN_COLUMN("w3", "c03", "c13")
                 : [c00] "+x"(c00), [c01] "+x"(c01), [c02] "+x"(c02), [c03] "+x"(c03),
                   [c10] "+x"(c10), [c11] "+x"(c11), [c12] "+x"(c12), [c13] "+x"(c13),
-                  [al0] "=&x"(al0), [ah0] "=&x"(ah0), [al1] "=&x"(al1), [ah1] "=&x"(ah1),
-                  [t0] "=&x"(t0), [t1] "=&x"(t1)
-                : [a0] "r"(a0), [a1] "r"(a1), [w0] "r"(w0), [w1] "r"(w1), [w2] "r"(w2),
-                  [w3] "r"(w3), [lut] "x"(lut)
+                  [wv] "=&x"(wv), [t0] "=&x"(t0), [t1] "=&x"(t1)
+                : [al0] "x"(al0), [ah0] "x"(ah0), [al1] "x"(al1), [ah1] "x"(ah1),
+                  [w0] "r"(w0), [w1] "r"(w1), [w2] "r"(w2), [w3] "r"(w3), [off] "r"(off),
+                  [lut] "x"(lut)
                 : "memory");
 #undef BNN_COLUMN
-            a0 += 8; a1 += 8; w0 += 8; w1 += 8; w2 += 8; w3 += 8;
         }
         const __m256i c[8] = {c00, c01, c02, c03, c10, c11, c12, c13};
         for (int k = 0; k < 8; ++k)
@@ -452,9 +458,10 @@ static inline void bnn_merge_nibbles(const uint64_t* src, npy_intp nvec, uint64_
    and x_float: (M, K) float32 rows packed here (bit = x >= 0); w: (N, 2 kw) nibble-split
    words. Either out_int (M, N) int32 gets s, or out_bits (M, out_words) gets the
    thresholded sign bits (zeroed here, padding stays 0). Returns -1 when out of memory.
-   Float rows are packed by each thread into its own buffer the first time it needs
-   them: no barrier between packing and multiplying (a thread that is descheduled on a
-   busy machine then delays nobody), at the price of packing twice on 2 threads. */
+   AVX2 path: float rows are packed once, shared by the threads.
+   VPOPCNTQ path: float rows are packed by each thread into its own buffer the first
+   time it needs them (no barrier between packing and multiplying, at the price of
+   packing twice on 2 threads). */
 static int bnn_xnor_gemm(const uint64_t* a, const float* x_float, const uint64_t* w,
                          npy_intp M, npy_intp N,
                          npy_intp kw, npy_intp K, int32_t* out_int, uint64_t* out_bits,
@@ -498,10 +505,56 @@ static int bnn_xnor_gemm(const uint64_t* a, const float* x_float, const uint64_t
         }
     }
     bnn_gemm g = {M, N, K, nvec, out_int, out_bits, out_words, thresholds, flip, limit, keep};
+    if (!vpopcnt) {
+        /* AVX2: float rows are packed once, shared by the threads; each tile splits its
+           rows into an L1 buffer (splitting all rows once into a shared buffer measured
+           4 % slower: twice the bytes to stream past every column tile). Tiles are
+           ordered column-tile major, so that a tile's weights stay in L2 while the
+           threads sweep the rows past them. */
+        uint64_t* packed = x_float ? (uint64_t*)aligned_alloc(32, sizeof(uint64_t) * M * kw)
+                                   : NULL;
+        if (x_float && !packed) {
+            free(limit);
+            free(keep);
+            return -1;
+        }
+        const uint64_t* rows = x_float ? packed : a;
+        #pragma omp parallel num_threads(team)
+        {
+            uint64_t* buffer = (uint64_t*)aligned_alloc(32, sizeof(uint64_t)
+                                                         * BNN_AVX2_TILE_ROWS * sw);
+            if (!buffer) {
+                #pragma omp atomic write
+                failed = 1;
+            }
+            if (x_float) {
+                #pragma omp for schedule(static)
+                for (npy_intp m = 0; m < M; ++m)
+                    bnn_pack_float_row(x_float + m * K, K, packed + m * kw, kw);
+            }
+            #pragma omp for schedule(dynamic, 1)
+            for (npy_intp tile = 0; tile < m_tiles * n_tiles; ++tile) {
+                if (!buffer)
+                    continue;
+                const npy_intp n0 = (tile / m_tiles) * tile_cols;
+                const npy_intp m0 = (tile % m_tiles) * tile_rows;
+                const npy_intp n1 = n0 + tile_cols < N ? n0 + tile_cols : N;
+                const npy_intp m1 = m0 + tile_rows < M ? m0 + tile_rows : M;
+                for (npy_intp m = m0; m < m1; ++m)
+                    bnn_split_nibbles(rows + m * kw, nvec, buffer + (m - m0) * sw);
+                bnn_tile_avx2(&g, buffer, w + n0 * sw, m0, m1, n0, n1);
+            }
+            free(buffer);
+        }
+        free(packed);
+        free(limit);
+        free(keep);
+        return failed ? -1 : 0;
+    }
     #pragma omp parallel num_threads(team)
     {
-        /* AVX2: this tile's activation rows split; VPOPCNTQ: this tile's weights merged */
-        const npy_intp buffer_words = vpopcnt ? BNN_TILE_COLS * kw : BNN_AVX2_TILE_ROWS * sw;
+        /* VPOPCNTQ: this tile's weights merged back from the split layout */
+        const npy_intp buffer_words = BNN_TILE_COLS * kw;
         uint64_t* buffer = (uint64_t*)aligned_alloc(32, sizeof(uint64_t) * buffer_words);
         uint64_t* own_rows = x_float ? (uint64_t*)aligned_alloc(32, sizeof(uint64_t) * M * kw)
                                      : NULL;
@@ -526,15 +579,9 @@ static int bnn_xnor_gemm(const uint64_t* a, const float* x_float, const uint64_t
                     bnn_pack_float_row(x_float + m * K, K, own_rows + m * kw, kw);
                 packed_tile[tile % m_tiles] = 1;
             }
-            if (vpopcnt) {
-                for (npy_intp n = n0; n < n1; ++n)
-                    bnn_merge_nibbles(w + n * sw, nvec, buffer + (n - n0) * kw);
-                bnn_tile_vpopcnt(&g, rows, buffer, m0, m1, n0, n1);
-            } else {
-                for (npy_intp m = m0; m < m1; ++m)
-                    bnn_split_nibbles(rows + m * kw, nvec, buffer + (m - m0) * sw);
-                bnn_tile_avx2(&g, buffer, w + n0 * sw, m0, m1, n0, n1);
-            }
+            for (npy_intp n = n0; n < n1; ++n)
+                bnn_merge_nibbles(w + n * sw, nvec, buffer + (n - n0) * kw);
+            bnn_tile_vpopcnt(&g, rows, buffer, m0, m1, n0, n1);
         }
         free(buffer);
         free(own_rows);
