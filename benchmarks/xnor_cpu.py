@@ -5,7 +5,9 @@ Everything runs side by side in one process. Each timing is the median of a
 number of runs after one warm-up run; the number scales with the batch
 (``max(--repeats, min(--max-repeats, 3000 // batch))``: 300 runs at batch 1,
 30 at batch 100, ``--repeats`` at batch 10,000), so small batches, whose
-single runs are short and noisy, get many runs.
+single runs are short and noisy, get many runs; a case whose warm-up run
+shows its runs would take more than 15 s runs fewer (at least 5), which
+keeps the whole script near 3 minutes on 2 cores.
 
 Cases (every XNOR case on every popcount path the CPU has, AVX2 first):
 
@@ -124,6 +126,10 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512vl", "avx512_vpopcntdq", "popcnt", "fma")
 # cores with them. Each case therefore starts after this pause.
 PAUSE_BETWEEN_CASES_S = 0.5
 
+#: Timed runs of one case stop near this many seconds (at least MIN_REPEATS runs).
+CASE_BUDGET_S = 15.0
+MIN_REPEATS = 5
+
 #: Every run's time is kept in the JSON up to this many runs (quartiles always).
 MAX_TIMES_KEPT = 50
 
@@ -229,13 +235,19 @@ def require(condition, message):
 
 
 def measure(function, repeats):
-    """Median wall time of ``repeats`` calls after one warm-up; also CPU/wall ratio.
+    """Median wall time of up to ``repeats`` calls after one warm-up; also CPU/wall ratio.
 
-    The CPU time is the whole process's (every thread's), so it includes idle
-    OpenMP threads spinning and OpenBLAS workers.
+    A case whose warm-up call shows that ``repeats`` calls would take more than
+    :data:`CASE_BUDGET_S` runs fewer, but at least :data:`MIN_REPEATS` (or
+    ``repeats`` if smaller); the record says how many ran. The CPU time is the
+    whole process's (every thread's), so it includes idle OpenMP threads
+    spinning and OpenBLAS workers.
     """
     time.sleep(PAUSE_BETWEEN_CASES_S)
+    wall0 = time.perf_counter()
     result = function()
+    warm_up = time.perf_counter() - wall0
+    repeats = min(repeats, max(MIN_REPEATS, int(CASE_BUDGET_S / max(warm_up, 1e-9))))
     walls, cpus = [], []
     for _ in range(repeats):
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -676,7 +688,9 @@ def new_report(quick, repeats, max_repeats):
         "popcount_paths": [label for label, _ in popcount_paths()],
         "quick": quick,
         "repeats": {"minimum": repeats, "maximum": max_repeats,
-                    "rule": f"max(minimum, min(maximum, {REPEAT_IMAGES} // batch))"},
+                    "rule": f"max(minimum, min(maximum, {REPEAT_IMAGES} // batch)), fewer "
+                            f"(down to {MIN_REPEATS}) where the warm-up run shows they would "
+                            f"take more than {CASE_BUDGET_S:.0f} s"},
         "statistic": "median after one warm-up run",
         "pause_between_cases_s": PAUSE_BETWEEN_CASES_S,
         "targets": TARGETS, "target_notes": TARGET_NOTES,
@@ -702,7 +716,9 @@ def main(argv=None):
              "before use; default relative to the repository root)")
     parser.add_argument("--data-dir", default=None, help="MNIST IDX directory")
     parser.add_argument("--repeats", type=int, default=7,
-                        help="fewest timed runs per case (>= 5), used at the largest batches")
+                        help=f"timed runs per case at the largest batches (>= 5; fewer, "
+                             f"down to {MIN_REPEATS}, where they would take more than "
+                             f"{CASE_BUDGET_S:.0f} s)")
     parser.add_argument("--max-repeats", type=int, default=300,
                         help="most timed runs per case, used at batch 1")
     parser.add_argument("--batches", type=int, nargs="+", default=[100, 10000],

@@ -8,6 +8,7 @@ Markdown tables, and the report block rendered from the JSON.
 import importlib.util
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -78,9 +79,16 @@ def test_openmp_thread_limit_is_restored():
     assert bench.OPENMP.max_threads() == before
 
 
-def test_repeats_scale_with_batch():
+def test_repeats_scale_with_batch_within_the_time_budget(monkeypatch):
     repeats = bench.repeat_counter(7, 300)
     assert [repeats(b) for b in (1, 100, 10000)] == [300, 30, 7]
+    calls = []
+    timed, result = bench.measure(lambda: calls.append(1) or len(calls), 40)
+    assert timed["repeats"] == 40 and len(calls) == 41 and result == 1
+    monkeypatch.setattr(bench, "CASE_BUDGET_S", 0.02)   # slower calls: fewer runs
+    timed, _ = bench.measure(lambda: time.sleep(0.002), 40)
+    assert bench.MIN_REPEATS <= timed["repeats"] <= 10
+    assert "times_s" in timed and timed["min_s"] <= timed["median_s"] <= timed["max_s"]
 
 
 def test_tiny_run_records_tables_and_report_block(tmp_path):
@@ -135,7 +143,7 @@ def test_tiny_run_records_tables_and_report_block(tmp_path):
     block = report_module.block_xnor_cpu(
         report_module.Sources(str(tmp_path), str(bench_dir)), str(tmp_path))
     assert block.startswith(table.strip())
-    assert "CPU flags: avx2 " in block and f"{threads} OpenMP threads" in block
+    assert "CPU flags: avx2 " in block and f"OpenMP: {threads} threads" in block
 
 
 def fake_path(median_ms, cpu_per_wall, speedup):
