@@ -29,8 +29,9 @@ Cases (every XNOR case on every popcount path the CPU has, AVX2 first):
 
 Every XNOR case records the popcount path, the OpenMP thread count
 (``omp_get_max_threads()`` of libgomp, the OpenMP run time the Ops link), the
-CPU time per wall second, and the same case timed again with OpenMP limited
-to one thread (``omp_set_num_threads(1)``, then restored), so the parallel
+CPU time per wall second, and the same case timed again with OpenMP (and
+numpy's OpenBLAS, which the ConvNet's float first layer may call) limited to
+one thread (``omp_set_num_threads(1)``, then restored), so the parallel
 speed-up (1-thread median / all-threads median) stands beside the CPU time
 per wall second. That ratio counts the brief spinning of idle OpenMP threads
 (``GOMP_SPINCOUNT``, set by ``binary_net.compat``) as CPU time; the speed-up
@@ -170,62 +171,116 @@ def cpu_flags():
     return {name: (None if flags is None else name in flags) for name in CPU_FLAGS}
 
 
-class OpenMP:
-    """libgomp through ctypes: the OpenMP run time the XNOR Ops link (``-lgomp``).
-
-    The dynamic loader keeps one copy of ``libgomp.so.1`` per process, so the
-    thread count set here is the one the Ops' parallel regions get (they run
-    on this, the calling, thread). :func:`libgomp_files` shows the copies loaded.
-    """
-
-    def __init__(self, name="libgomp.so.1"):
-        self.name = name
-        try:
-            self.lib = ctypes.CDLL(name)
-            self.error = None
-        except OSError as error:
-            self.lib, self.error = None, str(error)
-
-    @property
-    def source(self):
-        if self.lib is None:
-            return f"os.cpu_count() ({self.name} not loadable: {self.error})"
-        return f"omp_get_max_threads() of {self.name}"
-
-    def max_threads(self):
-        """Threads an OpenMP parallel region gets now (os.cpu_count() without libgomp)."""
-        if self.lib is None:
-            return os.cpu_count()
-        return int(self.lib.omp_get_max_threads())
-
-    @contextlib.contextmanager
-    def limited_to(self, threads):
-        """OpenMP limited to ``threads`` inside the block, the previous count restored."""
-        if self.lib is None:
-            raise RuntimeError(f"cannot limit OpenMP threads: {self.source}")
-        before = self.max_threads()
-        self.lib.omp_set_num_threads(int(threads))
-        try:
-            yield
-        finally:
-            self.lib.omp_set_num_threads(before)
-
-
-OPENMP = OpenMP()
-
-
-def libgomp_files():
-    """Paths of the libgomp copies mapped into this process (from /proc/self/maps)."""
+def mapped_libraries(fragment):
+    """Paths of the shared libraries mapped into this process whose file name holds
+    ``fragment`` (from /proc/self/maps; None where it cannot be read)."""
     paths = set()
     try:
         with open("/proc/self/maps") as handle:
             for line in handle:
                 parts = line.split()
-                if len(parts) >= 6 and "libgomp" in os.path.basename(parts[5]):
+                if len(parts) >= 6 and fragment in os.path.basename(parts[5]):
                     paths.add(parts[5])
     except OSError:
         return None
     return sorted(paths)
+
+
+class ThreadPool:
+    """A thread pool's size through ctypes: the getter and setter of one library.
+
+    ``library``: a name or path for ``ctypes.CDLL``; the dynamic loader hands
+    back the copy already loaded, so the size set here is the one the
+    process's code gets. ``names``: ``[(getter, setter)]`` symbol names tried
+    in order. Without the library or the symbols, :meth:`threads` is
+    os.cpu_count() and :attr:`error` says why.
+    """
+
+    def __init__(self, what, library, names):
+        self.what, self.library = what, library
+        self.get = self.set = None
+        self.error = None
+        if library is None:
+            self.error = "not loaded"
+            return
+        try:
+            lib = ctypes.CDLL(library)
+        except OSError as error:
+            self.error = str(error)
+            return
+        for getter, setter in names:
+            if hasattr(lib, getter) and hasattr(lib, setter):
+                self.get, self.set = getattr(lib, getter), getattr(lib, setter)
+                self.source = f"{getter}() of {library}"
+                return
+        self.error = f"{library} has none of {[n for pair in names for n in pair]}"
+
+    @property
+    def available(self):
+        return self.get is not None
+
+    def describe(self):
+        return self.source if self.available else f"os.cpu_count() ({self.what} " \
+            f"{self.library or ''}: {self.error})"
+
+    def threads(self):
+        """Threads the pool uses now (os.cpu_count() where it cannot be asked)."""
+        return int(self.get()) if self.available else os.cpu_count()
+
+    @contextlib.contextmanager
+    def limited_to(self, threads):
+        """The pool limited to ``threads`` inside the block, the previous size restored."""
+        if not self.available:
+            raise RuntimeError(f"cannot limit {self.what} threads: {self.describe()}")
+        before = self.threads()
+        self.set(int(threads))
+        try:
+            yield
+        finally:
+            self.set(before)
+
+
+#: libgomp, the OpenMP run time the XNOR Ops link (``-lgomp``); their parallel
+#: regions run on this, the calling, thread, whose thread count is set here.
+OPENMP = ThreadPool("OpenMP", "libgomp.so.1",
+                    [("omp_get_max_threads", "omp_set_num_threads")])
+
+
+def openblas():
+    """numpy's OpenBLAS (its threads serve numpy's GEMM and Theano's float BLAS
+    calls, e.g. the float first conv layer of the ConvNet run time)."""
+    paths = mapped_libraries("openblas")
+    return ThreadPool("OpenBLAS", paths[0] if paths else None, [
+        ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
+        ("openblas_get_num_threads", "openblas_set_num_threads"),
+        ("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_")])
+
+
+OPENBLAS = openblas()
+
+
+@contextlib.contextmanager
+def one_thread():
+    """OpenMP and (where it can be asked) OpenBLAS limited to one thread."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(OPENMP.limited_to(1))
+        if OPENBLAS.available:
+            stack.enter_context(OPENBLAS.limited_to(1))
+        require(OPENMP.threads() == 1, "omp_set_num_threads(1) had no effect")
+        yield
+
+
+def one_thread_limits():
+    """What :func:`one_thread` limits, in words."""
+    limits = ["OpenMP (omp_set_num_threads(1))"]
+    if OPENBLAS.available:
+        limits.append("numpy's OpenBLAS (openblas_set_num_threads(1))")
+    return limits
+
+
+def libgomp_files():
+    """Paths of the libgomp copies mapped into this process."""
+    return mapped_libraries("libgomp")
 
 
 def require(condition, message):
@@ -278,16 +333,15 @@ def time_xnor(function, repeats, check):
     (``xnor``, ``xnor_1_thread``, ``omp_threads``, ``cpu_per_wall``,
     ``parallel_speedup``) and the all-threads output.
     """
-    threads = OPENMP.max_threads()
+    threads = OPENMP.threads()
     timed, output = measure(function, repeats)
     check(output)
     record = {"omp_threads": threads, "xnor": timed, "cpu_per_wall": timed["cpu_per_wall"],
               "xnor_1_thread": None, "parallel_speedup": None}
-    if OPENMP.lib is None:
-        record["parallel_speedup_missing"] = OPENMP.source
+    if not OPENMP.available:
+        record["parallel_speedup_missing"] = OPENMP.describe()
     elif threads > 1:
-        with OPENMP.limited_to(1):
-            require(OPENMP.max_threads() == 1, "omp_set_num_threads(1) had no effect")
+        with one_thread():
             single, single_output = measure(function, repeats)
         check(single_output)
         del single_output
@@ -651,7 +705,8 @@ def markdown(report):
         "", TARGET_NOTES,
         "",
         f"OpenMP threads: {report['openmp']['threads_source']}. \"1 thread\": the same case "
-        "in the same run with omp_set_num_threads(1); parallel speed-up = 1-thread median / "
+        "in the same run with " + " and ".join(report["openmp"]["one_thread_run_limits"])
+        + " limited to one thread; parallel speed-up = 1-thread median / "
         "all-threads median. CPU s per wall s is the process's CPU time over wall time; it "
         "includes idle OpenMP threads spinning between parallel regions (GOMP_SPINCOUNT="
         f"{env['GOMP_SPINCOUNT'] or 'unset'}, OMP_WAIT_POLICY={env['OMP_WAIT_POLICY'] or 'unset'}"
@@ -677,7 +732,9 @@ def new_report(quick, repeats, max_repeats):
         "cpu_model": cpu_model(), "cores": os.cpu_count(), "cpu_flags": cpu_flags(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "unset (all cores)"),
         "openmp": {
-            "threads": OPENMP.max_threads(), "threads_source": OPENMP.source,
+            "threads": OPENMP.threads(), "threads_source": OPENMP.describe(),
+            "one_thread_run_limits": one_thread_limits(),
+            "openblas_threads": OPENBLAS.threads(), "openblas_source": OPENBLAS.describe(),
             "env": {name: os.environ.get(name) for name in OMP_ENV_NAMES},
             "env_before_binary_net_compat": OMP_ENV_BEFORE,
             "note": "Idle OpenMP threads spin GOMP_SPINCOUNT polls before sleeping "

@@ -61,7 +61,7 @@ def check_xnor_record(record, threads):
     assert record["omp_threads"] == threads
     assert record["xnor"]["repeats"] >= 2 and record["xnor"]["median_s"] > 0
     assert record["cpu_per_wall"] == record["xnor"]["cpu_per_wall"] > 0
-    if threads > 1 and bench.OPENMP.lib is not None:
+    if threads > 1 and bench.OPENMP.available:
         single = record["xnor_1_thread"]
         assert single["repeats"] == record["xnor"]["repeats"]
         assert record["parallel_speedup"] == pytest.approx(
@@ -70,13 +70,15 @@ def check_xnor_record(record, threads):
         assert record["parallel_speedup"] is None and record["parallel_speedup_missing"]
 
 
-def test_openmp_thread_limit_is_restored():
-    if bench.OPENMP.lib is None:
-        pytest.skip(bench.OPENMP.source)
-    before = bench.OPENMP.max_threads()
-    with bench.OPENMP.limited_to(1):
-        assert bench.OPENMP.max_threads() == 1
-    assert bench.OPENMP.max_threads() == before
+def test_one_thread_limits_openmp_and_openblas_and_restores_them():
+    if not bench.OPENMP.available:
+        pytest.skip(bench.OPENMP.describe())
+    pools = [bench.OPENMP] + ([bench.OPENBLAS] if bench.OPENBLAS.available else [])
+    before = [pool.threads() for pool in pools]
+    with bench.one_thread():
+        assert [pool.threads() for pool in pools] == [1] * len(pools)
+    assert [pool.threads() for pool in pools] == before
+    assert len(bench.one_thread_limits()) == len(pools)
 
 
 def test_repeats_scale_with_batch_within_the_time_budget(monkeypatch):
@@ -93,7 +95,7 @@ def test_repeats_scale_with_batch_within_the_time_budget(monkeypatch):
 
 def test_tiny_run_records_tables_and_report_block(tmp_path):
     rng = np.random.RandomState(3)
-    threads = bench.OPENMP.max_threads()
+    threads = bench.OPENMP.threads()
     paths = [label for label, _ in bench.popcount_paths()]
     repeats_for = bench.repeat_counter(2, 3)
     report = bench.new_report(True, 2, 3)
