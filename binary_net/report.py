@@ -889,13 +889,27 @@ def block_xnor_cpu(sources, base_dir):
     if not isinstance(table, str) or not table.strip():
         raise ValueError("{}: no 'markdown' table".format(data["_path"]))
     flags = "with" if data.get("cpu_has_avx512_vpopcntdq") else "without"
-    return (table.strip() + "\n\n" +
+    text = (table.strip() + "\n\n" +
             "Measured on {} ({} AVX-512 VPOPCNTDQ; popcount paths run: {}), {}, "
             "{}, {}; `{}`.".format(
                 data.get("machine", "-"), flags,
                 ", ".join(data.get("popcount_paths", [])) or "-",
                 data.get("started_utc", "-")[:10], data.get("statistic", "-"),
                 _link(data["_path"], base_dir), data.get("command", "-")))
+    # Files since issue 13 also list the CPU flags the popcount paths depend on
+    # and the OpenMP settings.
+    cpu_flags = data.get("cpu_flags")
+    if isinstance(cpu_flags, dict) and cpu_flags:
+        text += " CPU flags: {}.".format(", ".join(
+            "{} {}".format(name, "-" if has is None else "yes" if has else "no")
+            for name, has in cpu_flags.items()))
+    openmp = data.get("openmp")
+    if isinstance(openmp, dict) and "threads" in openmp:
+        env = openmp.get("env") or {}
+        text += " OpenMP: {} threads, GOMP_SPINCOUNT={}, OMP_WAIT_POLICY={}.".format(
+            openmp["threads"], env.get("GOMP_SPINCOUNT") or "unset",
+            env.get("OMP_WAIT_POLICY") or "unset")
+    return text
 
 
 #: Block name -> function(sources, base_dir) returning the block's Markdown.
