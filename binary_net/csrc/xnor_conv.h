@@ -63,8 +63,7 @@ static int bnn_xnor_conv(const uint64_t* x, npy_intp M, npy_intp H, npy_intp W, 
     const npy_intp row_tiles = (pixels + per_tile - 1) / per_tile;
     const npy_intp col_blocks = (F + BNN_CONV_COLS - 1) / BNN_CONV_COLS;
     const npy_intp items = row_tiles * col_blocks;
-    const npy_intp threads = omp_get_max_threads();
-    const int team = (int)(items < threads ? items : threads);
+    const int team = bnn_team(pixels * window * F * taps * C, items);
 
     /* Padding classes of the output rows and columns that pooling reads, and per pair of
        classes the valid-tap base V C and the correction 2 sum(tap_ones) per filter. */
