@@ -61,8 +61,15 @@ static int bnn_xnor_conv(const uint64_t* x, npy_intp M, npy_intp H, npy_intp W, 
     const npy_intp tile_rows = per_tile * window;
     const npy_intp pixels = M * HP * WP;
     const npy_intp row_tiles = (pixels + per_tile - 1) / per_tile;
+    /* A task is a row tile and a group of filter blocks: all the filters (one im2col per
+       tile) unless the row tiles are too few to keep every thread busy. */
     const npy_intp col_blocks = (F + BNN_CONV_COLS - 1) / BNN_CONV_COLS;
-    const npy_intp items = row_tiles * col_blocks;
+    const npy_intp threads = omp_get_max_threads();
+    npy_intp groups = row_tiles >= 4 * threads ? 1 : (4 * threads + row_tiles - 1) / row_tiles;
+    groups = groups > col_blocks ? col_blocks : groups;
+    const npy_intp per_group = (col_blocks + groups - 1) / groups;
+    groups = (col_blocks + per_group - 1) / per_group;
+    const npy_intp items = row_tiles * groups;
     const int team = bnn_team(pixels * window * F * taps * C, items);
 
     /* Padding classes of the output rows and columns that pooling reads, and per pair of
@@ -121,8 +128,8 @@ static int bnn_xnor_conv(const uint64_t* x, npy_intp M, npy_intp H, npy_intp W, 
         for (npy_intp item = 0; item < items; ++item) {
             if (!rows || !counts || !row_class)
                 continue;
-            const npy_intp tile = item / col_blocks, n0 = (item % col_blocks) * BNN_CONV_COLS;
-            const npy_intp n1 = n0 + BNN_CONV_COLS < F ? n0 + BNN_CONV_COLS : F;
+            const npy_intp tile = item / groups, span = per_group * BNN_CONV_COLS;
+            const npy_intp g0 = (item % groups) * span, g1 = g0 + span < F ? g0 + span : F;
             const npy_intp p0 = tile * per_tile;
             const npy_intp p1 = p0 + per_tile < pixels ? p0 + per_tile : pixels;
             npy_intp r = 0;
@@ -150,49 +157,54 @@ static int bnn_xnor_conv(const uint64_t* x, npy_intp M, npy_intp H, npy_intp W, 
                         row_class[r] = y_class[y] * nx + x_class[xx];
                     }
             }
-            const npy_intp width = n1 - n0;
-            bnn_count_tile(rows, r, w + n0 * sw, n0, n1, nvec, counts, width);
-            /* epilogue: s per row, max over the window, output */
-            for (npy_intp p = p0; p < p1; ++p) {
-                const npy_intp r0 = (p - p0) * window;
-                int32_t best[BNN_CONV_COLS];
-                for (npy_intp q = r0; q < r0 + window; ++q) {
-                    const int32_t* c = counts + q * width;
-                    const int32_t* fx = fix + row_class[q] * F + n0;
-                    const __m256i b = _mm256_set1_epi32(base[row_class[q]]);
-                    npy_intp f = 0;
-                    for (; f + 8 <= width; f += 8) {
-                        const __m256i s = _mm256_add_epi32(_mm256_sub_epi32(b, _mm256_slli_epi32(
-                            _mm256_loadu_si256((const __m256i*)(c + f)), 1)),
-                            _mm256_loadu_si256((const __m256i*)(fx + f)));
-                        _mm256_storeu_si256((__m256i*)(best + f), q == r0 ? s : _mm256_max_epi32(
-                            s, _mm256_loadu_si256((const __m256i*)(best + f))));
-                    }
-                    for (; f < width; ++f) {
-                        const int32_t s = base[row_class[q]] - 2 * c[f] + fx[f];
-                        best[f] = (q == r0 || s > best[f]) ? s : best[f];
-                    }
-                }
-                if (out_int) {
-                    memcpy(out_int + p * F + n0, best, sizeof(int32_t) * width);
-                } else {
-                    uint64_t* dst = out_bits + p * out_words;
-                    for (npy_intp q = n0; q < n1; q += 64) {
-                        const npy_intp q1 = q + 64 < n1 ? q + 64 : n1;
-                        uint64_t word = 0;
-                        npy_intp f = q;
-                        for (; f + 8 <= q1; f += 8) {
-                            const __m256i above = _mm256_cmpgt_epi32(
-                                _mm256_loadu_si256((const __m256i*)(best + f - n0)),
-                                _mm256_loadu_si256((const __m256i*)(limit + f)));
-                            word |= (uint64_t)(unsigned)_mm256_movemask_ps(
-                                _mm256_castsi256_ps(above)) << (f - q);
+            for (npy_intp n0 = g0; n0 < g1; n0 += BNN_CONV_COLS) {  /* filter blocks */
+                const npy_intp n1 = n0 + BNN_CONV_COLS < g1 ? n0 + BNN_CONV_COLS : g1;
+                const npy_intp width = n1 - n0;
+                bnn_count_tile(rows, r, w + n0 * sw, n0, n1, nvec, counts, width);
+                /* epilogue: s per row, max over the window, output */
+                for (npy_intp p = p0; p < p1; ++p) {
+                    const npy_intp r0 = (p - p0) * window;
+                    int32_t best[BNN_CONV_COLS];
+                    for (npy_intp q = r0; q < r0 + window; ++q) {
+                        const int32_t* c = counts + q * width;
+                        const int32_t* fx = fix + row_class[q] * F + n0;
+                        const __m256i b = _mm256_set1_epi32(base[row_class[q]]);
+                        npy_intp f = 0;
+                        for (; f + 8 <= width; f += 8) {
+                            const __m256i twice = _mm256_slli_epi32(
+                                _mm256_loadu_si256((const __m256i*)(c + f)), 1);
+                            const __m256i s = _mm256_add_epi32(_mm256_sub_epi32(b, twice),
+                                _mm256_loadu_si256((const __m256i*)(fx + f)));
+                            const __m256i old = _mm256_loadu_si256((const __m256i*)(best + f));
+                            _mm256_storeu_si256((__m256i*)(best + f),
+                                                q == r0 ? s : _mm256_max_epi32(s, old));
                         }
-                        for (; f < q1; ++f)
-                            word |= (uint64_t)(best[f - n0] > limit[f]) << (f - q);
-                        const uint64_t valid = q1 - q == 64 ? ~(uint64_t)0
-                                                            : (((uint64_t)1 << (q1 - q)) - 1);
-                        dst[q / 64] = (word ^ invert[q / 64]) & valid;
+                        for (; f < width; ++f) {
+                            const int32_t s = base[row_class[q]] - 2 * c[f] + fx[f];
+                            best[f] = (q == r0 || s > best[f]) ? s : best[f];
+                        }
+                    }
+                    if (out_int) {
+                        memcpy(out_int + p * F + n0, best, sizeof(int32_t) * width);
+                    } else {
+                        uint64_t* dst = out_bits + p * out_words;
+                        for (npy_intp q = n0; q < n1; q += 64) {
+                            const npy_intp q1 = q + 64 < n1 ? q + 64 : n1;
+                            uint64_t word = 0;
+                            npy_intp f = q;
+                            for (; f + 8 <= q1; f += 8) {
+                                const __m256i above = _mm256_cmpgt_epi32(
+                                    _mm256_loadu_si256((const __m256i*)(best + f - n0)),
+                                    _mm256_loadu_si256((const __m256i*)(limit + f)));
+                                word |= (uint64_t)(unsigned)_mm256_movemask_ps(
+                                    _mm256_castsi256_ps(above)) << (f - q);
+                            }
+                            for (; f < q1; ++f)
+                                word |= (uint64_t)(best[f - n0] > limit[f]) << (f - q);
+                            const uint64_t valid = q1 - q == 64 ? ~(uint64_t)0
+                                                                : (((uint64_t)1 << (q1 - q)) - 1);
+                            dst[q / 64] = (word ^ invert[q / 64]) & valid;
+                        }
                     }
                 }
             }

@@ -218,7 +218,8 @@ static inline __attribute__((always_inline)) void bnn_kernel(
             }
             for (int j = 0; j < NR; ++j) {
                 const __m256i w_lo = _mm256_loadu_si256((const __m256i*)(w + j * w_stride + 8 * v));
-                const __m256i w_hi = _mm256_loadu_si256((const __m256i*)(w + j * w_stride + 8 * v + 4));
+                const __m256i w_hi =
+                    _mm256_loadu_si256((const __m256i*)(w + j * w_stride + 8 * v + 4));
                 for (int i = 0; i < MR; ++i)
                     acc[i][j] = _mm256_add_epi8(acc[i][j], _mm256_add_epi8(
                         _mm256_shuffle_epi8(lut, _mm256_xor_si256(a_lo[i], w_lo)),
@@ -304,11 +305,10 @@ static inline __attribute__((always_inline)) void bnn_kernel_2x4(
         for (int k = 0; k < 8; ++k)
             total[k] = _mm256_add_epi64(total[k], _mm256_sad_epu8(c[k], zero));
     }
-    for (int k = 0; k < 8; ++k) {
-        const __m128i t = _mm_add_epi64(_mm256_castsi256_si128(total[k]),
-                                        _mm256_extracti128_si256(total[k], 1));
-        counts[k] = (int32_t)(_mm_cvtsi128_si64(t) + _mm_extract_epi64(t, 1));
-    }
+    /* the eight totals by two transposing reductions, four columns per store */
+    _mm_storeu_si128((__m128i*)counts, bnn_reduce4_u64(total[0], total[1], total[2], total[3]));
+    _mm_storeu_si128((__m128i*)(counts + 4),
+                     bnn_reduce4_u64(total[4], total[5], total[6], total[7]));
 }
 
 /* counts[r * ldc + (n - n0)] = popcount(a_r XOR w_n) for rows r < rows and weight rows
