@@ -75,7 +75,8 @@ def main(argv=None):
     parser.add_argument("--output", default=None, help="JSON file to write")
     args = parser.parse_args(argv)
 
-    from binary_net import compat  # noqa: F401  (before Theano)
+    from binary_net import compat  # before Theano
+    compat.openmp_for("training")  # as the training scripts (binary_net.cli.run)
     import lasagne
     import theano
     import theano.tensor as T

@@ -158,6 +158,8 @@ def run(args, build_network, load_splits, preprocess, input_ndim=4, argv=None):
     argv : list of str, optional
         The command-line arguments, recorded with the results (default: sys.argv[1:]).
     """
+    from . import compat
+    compat.openmp_for("training")  # before the first OpenMP Op loads
     from .datasets import DatasetError
     from .model.npzfile import NpzError, OutputError, check_output_dir
     from .training import TrainingError

@@ -21,19 +21,21 @@ does three things, in this order:
    ``max_pool_2d(input, ds, ignore_border, st, padding, mode)`` (now
    ``theano.tensor.signal.pool.pool_2d``).
 
-4. ``GOMP_SPINCOUNT=1000`` unless the user set it or ``OMP_WAIT_POLICY``:
-   the project's C ops (fused weight update, XNOR kernels) use OpenMP. An
-   idle OpenMP thread then spins about a thousand polls (tens of
-   microseconds) before it sleeps. That is long enough to carry it from one
-   layer of a forward pass to the next -- waking a sleeping thread costs
-   about 0.1 ms on the project's 2-core virtual machines, more than a whole
-   batch-1 MNIST pass -- and short enough not to take the cores from
-   OpenBLAS's threads during training. Measured on a 2-core Zen 3, side by
-   side: batch-1 MNIST inference 0.55 ms with sleeping threads
-   (``OMP_WAIT_POLICY=PASSIVE``, this project's earlier default) and 0.04 ms
-   with the brief spin; a 784-512x3-10 training step 15-18 ms either way
-   (libgomp's own default of 300,000 polls, or spinning forever, made it
-   18-35 ms).
+4. The idle policy of OpenMP threads (the project's C ops -- fused weight
+   update, XNOR kernels -- use OpenMP), unless the user set
+   ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``: :func:`openmp_for` sets
+   ``GOMP_SPINCOUNT`` for the kind of process, read by libgomp once, when the
+   first OpenMP Op loads. Importing this module chooses ``"inference"``
+   (10,000 polls, about 0.1 ms, before an idle thread sleeps): long enough to
+   carry the threads from one call of a run time to the next -- waking a
+   sleeping thread costs about 0.1 ms on the project's 2-core virtual
+   machines, more than a whole batch-1 MNIST pass. The training scripts
+   choose ``"training"`` (no spin: idle OpenMP threads would take the cores
+   from OpenBLAS's threads in the matrix products that follow). Measured on a
+   2-core Zen 3 (``benchmarks/xnor_cpu.py``, MNIST 784-1024x3-10 at batch
+   100): 1.56 ms with 1,000 polls, 0.82-0.87 ms with 10,000; a 784-512x3-10
+   training step 15-16 ms with no spin, 16-17 ms with 10,000 polls (three
+   alternating runs of ``benchmarks/train_step.py``).
 
 5. Newer stacks only (numpy >= 1.24 or Python >= 3.12; nothing happens on
    the project's Python 3.11 + numpy 1.23.5), before Theano is imported:
@@ -213,6 +215,26 @@ def _alias_lasagne_names():
     signal.downsample = downsample
 
 
+#: GOMP_SPINCOUNT (polls before an idle OpenMP thread sleeps) per kind of process.
+OPENMP_SPIN = {"inference": "10000", "training": "0"}
+# The user's own OpenMP waiting policy, if any, is left alone.
+_OPENMP_USER_SET = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+
+
+def openmp_for(role):
+    """Set the idle policy of the C ops' OpenMP threads for this process.
+
+    ``role``: ``"inference"`` (threads spin 10,000 polls before sleeping) or
+    ``"training"`` (they sleep at once); see item 4 of the module docstring.
+    libgomp reads ``GOMP_SPINCOUNT`` once, when the first OpenMP Op loads, so
+    call it before compiling; a user's ``OMP_WAIT_POLICY`` or
+    ``GOMP_SPINCOUNT`` wins. Raises KeyError for another role.
+    """
+    spin = OPENMP_SPIN[role]
+    if not _OPENMP_USER_SET:
+        os.environ["GOMP_SPINCOUNT"] = spin
+
+
 if NEW_STACK:
     _numpy_aliases()
     _distutils_stand_ins()
@@ -222,8 +244,7 @@ if NEW_STACK:
 _set_theano_defaults()
 _tune_malloc()
 # Read by libgomp when the first OpenMP module loads, i.e. after this.
-if "OMP_WAIT_POLICY" not in os.environ:
-    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+openmp_for("inference")
 # Theano announces at WARNING level that it uses numpy's BLAS: that is the intent.
 logging.getLogger("theano.tensor.blas").setLevel(logging.ERROR)
 _alias_lasagne_names()

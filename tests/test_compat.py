@@ -61,9 +61,10 @@ def test_package_import_does_not_load_theano():
     assert line == "False False"
 
 
-def test_openmp_threads_spin_briefly_unless_the_user_chose():
-    code = ("import os, binary_net.compat; "
-            "print(os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
-    assert run_python(code, {}) == "1000 None"
-    assert run_python(code, {"OMP_WAIT_POLICY": "PASSIVE"}) == "None PASSIVE"
-    assert run_python(code, {"GOMP_SPINCOUNT": "5"}) == "5 None"
+def test_openmp_threads_spin_for_inference_sleep_for_training_unless_the_user_chose():
+    code = ("import os, binary_net.compat as c; a = os.environ.get('GOMP_SPINCOUNT'); "
+            "c.openmp_for('training'); "
+            "print(a, os.environ.get('GOMP_SPINCOUNT'), os.environ.get('OMP_WAIT_POLICY'))")
+    assert run_python(code, {}) == "10000 0 None"
+    assert run_python(code, {"OMP_WAIT_POLICY": "PASSIVE"}) == "None None PASSIVE"
+    assert run_python(code, {"GOMP_SPINCOUNT": "5"}) == "5 5 None"
