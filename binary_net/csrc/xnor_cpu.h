@@ -26,12 +26,12 @@
 #ifndef BNN_AVX2_TILE_ROWS
 #define BNN_AVX2_TILE_ROWS 16
 #endif
-/* Products smaller than this many bit (or pixel) multiply-adds run on one thread: about
-   20 us of one core's work. Handing a few microseconds of work to a second thread costs
-   more than it saves (MNIST 784-1024x3-10 at batch 1 on a 2-core Zen 3: 0.085 ms on 2
-   threads with spinning idle threads, 0.069 ms on 1; waking a sleeping thread costs
-   ~0.1 ms). */
-#define BNN_PARALLEL_MIN_WORK ((npy_intp)1 << 23)
+/* Products smaller than this many bit (or pixel) multiply-adds run on one thread (under
+   a microsecond of one core's work: the hand-over to a second thread costs more). With
+   idle threads spinning between calls (binary_net.compat.openmp_for), a batch-1 MNIST
+   784-1024x3-10 pass is 0.053 ms on 2 threads against 0.063 ms on 1 (2-core Zen 3); a
+   sleeping thread costs ~0.1 ms to wake. */
+#define BNN_PARALLEL_MIN_WORK ((npy_intp)1 << 18)
 
 /* Threads for a product of `work` multiply-adds cut in `tasks` tasks. */
 static inline int bnn_team(npy_intp work, npy_intp tasks)
