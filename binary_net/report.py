@@ -912,6 +912,17 @@ def block_xnor_cpu(sources, base_dir):
     return text
 
 
+def block_convnet_layers(sources, base_dir):
+    """The CPU ConvNet run time layer by layer (``benchmarks/convnet_layers.py``)."""
+    data = sources.bench("convnet_layers.json")
+    table = data.get("markdown")
+    if not isinstance(table, str) or not table.strip():
+        raise ValueError("{}: no 'markdown' table".format(data["_path"]))
+    return table.strip() + "\n\n" + "Measured {}, OpenMP threads {}, {}, {}; `{}`.".format(
+        data.get("started_utc", "-")[:10], data.get("omp_num_threads", "-"),
+        data.get("statistic", "-"), _link(data["_path"], base_dir), data.get("command", "-"))
+
+
 #: Block name -> function(sources, base_dir) returning the block's Markdown.
 BLOCKS = {
     "reproduction": block_reproduction,
@@ -922,6 +933,7 @@ BLOCKS = {
     "train-step": block_train_step,
     "jax-cpu": block_jax_cpu,
     "xnor-cpu": block_xnor_cpu,
+    "convnet-layers": block_convnet_layers,
 }
 
 

@@ -477,7 +477,9 @@ def test_markdown_tables_bad_blocks(tmp_path, capsys):
     for text, expected in [
             ("<!-- report:nonsense -->\n<!-- /report:nonsense -->\n", "unknown report block"),
             ("<!-- report:runs -->\nno end\n", "matching"),
-            ("<!-- report:xnor-cpu -->\n<!-- /report:xnor-cpu -->\n", "xnor_cpu.json")]:
+            ("<!-- report:xnor-cpu -->\n<!-- /report:xnor-cpu -->\n", "xnor_cpu.json"),
+            ("<!-- report:convnet-layers -->\n<!-- /report:convnet-layers -->\n",
+             "convnet_layers.json")]:
         doc.write_text(text)
         line = run_cli_error(capsys, argv)
         assert expected in line
