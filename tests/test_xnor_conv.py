@@ -107,6 +107,22 @@ def test_op_bits_output_equals_thresholded_reference(isa):
         np.testing.assert_array_equal(got, xv.pack_channels(expected))
 
 
+def test_op_splits_filters_between_threads_when_images_are_few(isa):
+    # one or two images and more than 128 filters: the tasks split the filter blocks
+    # (several threads, 2^18+ multiply-adds), odd filter counts, both outputs
+    rng = np.random.RandomState(7)
+    for M, H, W, C, F, pool in ((1, 3, 3, 70, 520, 1), (2, 4, 4, 130, 300, 2)):
+        x, w = pm1(rng, M, H, W, C), pm1(rng, F, 3, 3, C)
+        xb, wb = xv.pack_channels(x), xv.pack_channels(w)
+        s = float_conv_reference(x, w, 1, pool).astype(np.int64)
+        np.testing.assert_array_equal(conv_apply(xb, wb, C, 1, pool), s)
+        thresholds = rng.randint(-9 * C, 9 * C + 1, size=F).astype(np.int32)
+        flip = (rng.rand(F) < 0.5).astype(np.int8)
+        expected = np.where(xc.apply_thresholds_reference(s, thresholds, flip), 1., -1.)
+        np.testing.assert_array_equal(conv_apply(xb, wb, C, 1, pool, thresholds, flip),
+                                      xv.pack_channels(expected))
+
+
 def test_op_rejects_bad_shapes_with_one_line():
     x = np.zeros((1, 4, 4, 2), np.uint64)
     with pytest.raises(ValueError, match="3x3 taps of 2 words need 40"):

@@ -150,6 +150,30 @@ def test_pixel_op_equals_reference(output_kind):
             np.testing.assert_array_equal(fn(pixels, w16, thresholds, flip), expected)
 
 
+def test_pixel_op_splits_columns_between_threads_at_small_batches():
+    # 1 and 5 images, 1000 outputs: the columns are split between tasks (several
+    # threads, 2^18+ multiply-adds); ties in the thresholds, both flip signs
+    rng = np.random.RandomState(5)
+    p, w = T.matrix(dtype="uint8"), T.matrix(dtype="int8")
+    t, f = T.vector(dtype="int32"), T.vector(dtype="int8")
+    n, k = 1000, 784
+    fn_int = theano.function([p, w], xc.pixel_dense(p, w, n))
+    fn_bits = theano.function([p, w, t, f], xc.pixel_dense(p, w, n, t, f))
+    W = rng.randn(k, n)
+    w16 = xc.pixel_weights(xc.pack_bits(W.T, words=-(-k // 64)), k)
+    for m in (1, 5):
+        pixels = rng.randint(0, 256, size=(m, k)).astype(np.uint8)
+        pixels[rng.rand(m, k) < 0.6] = 0
+        P = xc.pixel_gemm_reference(pixels, signs(W))
+        np.testing.assert_array_equal(fn_int(pixels, w16), P)
+        thresholds = rng.randint(-20000, 20000, size=n).astype(np.int32)
+        thresholds[:50] = P[0, :50]
+        flip = rng.randint(0, 2, size=n).astype(np.int8)
+        expected = xc.pack_bits(np.where(
+            xc.apply_thresholds_reference(P, thresholds, flip), 1., -1.))
+        np.testing.assert_array_equal(fn_bits(pixels, w16, thresholds, flip), expected)
+
+
 def test_pixel_op_float_input_rounds_like_numpy_and_checks_range():
     p = T.matrix(dtype="float32")
     w = T.matrix(dtype="int8")

@@ -187,24 +187,8 @@ static int bnn_xnor_conv(const uint64_t* x, npy_intp M, npy_intp H, npy_intp W, 
                     if (out_int) {
                         memcpy(out_int + p * F + n0, best, sizeof(int32_t) * width);
                     } else {
-                        uint64_t* dst = out_bits + p * out_words;
-                        for (npy_intp q = n0; q < n1; q += 64) {
-                            const npy_intp q1 = q + 64 < n1 ? q + 64 : n1;
-                            uint64_t word = 0;
-                            npy_intp f = q;
-                            for (; f + 8 <= q1; f += 8) {
-                                const __m256i above = _mm256_cmpgt_epi32(
-                                    _mm256_loadu_si256((const __m256i*)(best + f - n0)),
-                                    _mm256_loadu_si256((const __m256i*)(limit + f)));
-                                word |= (uint64_t)(unsigned)_mm256_movemask_ps(
-                                    _mm256_castsi256_ps(above)) << (f - q);
-                            }
-                            for (; f < q1; ++f)
-                                word |= (uint64_t)(best[f - n0] > limit[f]) << (f - q);
-                            const uint64_t valid = q1 - q == 64 ? ~(uint64_t)0
-                                                                : (((uint64_t)1 << (q1 - q)) - 1);
-                            dst[q / 64] = (word ^ invert[q / 64]) & valid;
-                        }
+                        bnn_bits_from_counts(best, n0, n1, limit, invert,
+                                             out_bits + p * out_words);
                     }
                 }
             }

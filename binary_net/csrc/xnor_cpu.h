@@ -186,6 +186,13 @@ static inline void bnn_flush_bits(const bnn_gemm* g, npy_intp row, npy_intp n0, 
             g->out_bits[row * g->out_words + word] = row_bits[word - n0 / 64];
 }
 
+/* popcount of each nibble value 0..15, twice (one table per 128-bit lane), for vpshufb */
+static inline __m256i bnn_nibble_popcounts(void)
+{
+    return _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                            0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+}
+
 /* Micro-kernel, AVX2 nibble lookup: counts[i * NR + j] = popcount(a_i XOR w_j) over nvec
    256-bit vectors, MR (1 or 2) activation rows and NR (1..4) weight rows, both in the
    nibble-split layout (8 words per vector). For the remainders of a tile; the bulk is
@@ -195,8 +202,7 @@ static inline __attribute__((always_inline)) void bnn_kernel(
     const uint64_t* a, npy_intp a_stride, const uint64_t* w, npy_intp w_stride,
     npy_intp nvec, int32_t* counts)
 {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lut = bnn_nibble_popcounts();
     const __m256i zero = _mm256_setzero_si256();
     __m256i total[MR][NR];
     for (int i = 0; i < MR; ++i)
@@ -239,17 +245,16 @@ static inline __attribute__((always_inline)) void bnn_kernel(
 }
 
 /* The bulk micro-kernel: 2 activation rows x 4 weight rows (counts as bnn_kernel<2, 4>),
-   one vector step per asm statement. The two rows' four vectors stay in registers and
-   each weight vector is read by the XOR itself: 6.5 instructions per pair of 256-bit
-   vectors, 15 of the 16 ymm registers. GCC's allocation of the same intrinsics re-loads
-   rows and copies accumulators (about 9 instructions per pair, measured 1.3x slower on
-   Zen 3). */
+   one vector step per asm statement. The two rows' four vectors and the eight byte
+   counters stay in registers, and each weight vector is loaded once and XORed with both
+   rows: 12 loads and 48 ALU instructions per 8 pairs of 256-bit vectors, all 16 ymm
+   registers. GCC's allocation of the same intrinsics re-loads rows and copies counters
+   (about 9 instructions per pair, measured 1.3x slower on Zen 3). */
 static inline __attribute__((always_inline)) void bnn_kernel_2x4(
     const uint64_t* a, npy_intp a_stride, const uint64_t* w, npy_intp w_stride,
     npy_intp nvec, int32_t* counts)
 {
-    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
-                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lut = bnn_nibble_popcounts();
     const __m256i zero = _mm256_setzero_si256();
     __m256i total[8];
     for (int k = 0; k < 8; ++k)
@@ -349,9 +354,10 @@ static void bnn_count_tile(const uint64_t* a, npy_intp rows, const uint64_t* w, 
     }
 }
 
-/* Sign bits of one row from popcounts c (n0 <= n < n1, n0 a multiple of 64): bit n =
-   (c[n] > limit[n]) XOR keep[n] (bnn_xnor_gemm explains limit and keep); every word
-   n0/64 .. of the row in dst is written whole, padding bits 0. */
+/* Sign bits of one row from integers c (n0 <= n < n1, n0 a multiple of 64): bit n =
+   (c[n] > limit[n]) XOR keep[n]. c holds popcounts in bnn_xnor_gemm (which explains its
+   limit and keep) and max-pooled sums in bnn_xnor_conv. Every word n0/64 .. of the row
+   in dst is written whole, padding bits 0. */
 static inline void bnn_bits_from_counts(const int32_t* c, npy_intp n0, npy_intp n1,
                                         const int32_t* limit, const uint64_t* keep,
                                         uint64_t* dst)
