@@ -74,9 +74,11 @@ def profiled_layer_times(runtime, images, repeats):
     before = dict(profile.apply_time)
     for _ in range(repeats):
         runtime.scores(images)
-    order = profile.fgraph.toposort() if hasattr(profile, "fgraph") else None
-    times = {node: t - before.get(node, 0.) for node, t in profile.apply_time.items()}
-    nodes = sorted(times, key=lambda key: order.index(key[1]) if order else 0)
+    # apply_time is keyed by (function graph, Apply node): network order is the graph's
+    times = {key: t - before.get(key, 0.) for key, t in profile.apply_time.items()}
+    graph = next(iter(times))[0]
+    position = {node: index for index, node in enumerate(graph.toposort())}
+    nodes = sorted(times, key=lambda key: position[key[1]])
     layers, other, current = [], 0., None
     for key in nodes:
         name = type(key[1].op).__name__

@@ -260,7 +260,8 @@ class SignPackNCHW(xc.XnorCOp):
     Output (M, H, W, ceil(C / 64)) uint64 (the words per pixel of
     :class:`XnorConv`'s outputs), padding bits zero. The C code
     evaluates 8 pixels of a channel per AVX2 vector and transposes 8x8 bit
-    blocks (channels x pixels) into the packed words, threads over image rows.
+    blocks (channels x pixels) into the packed words, threads over spans of
+    pixels.
     Replaces a Theano elementwise pass, a transposing copy and a packing pass.
     """
 
