@@ -68,3 +68,16 @@ def test_openmp_threads_spin_for_inference_sleep_for_training_unless_the_user_ch
     assert run_python(code, {}) == "10000 0 None"
     assert run_python(code, {"OMP_WAIT_POLICY": "PASSIVE"}) == "None None PASSIVE"
     assert run_python(code, {"GOMP_SPINCOUNT": "5"}) == "5 5 None"
+
+
+def test_child_process_of_an_importer_still_trains_without_spinning():
+    # A driver that imported binary_net (e.g. a notebook or a sweep script) and starts a
+    # training script as a child process: the child inherits GOMP_SPINCOUNT=10000 that
+    # compat set in the parent, not one the user chose, so openmp_for('training') in the
+    # child should still give 0 (found by the 'trial' review; fails at b1a3ca7: '10000').
+    child = ("import os, binary_net.compat as c; c.openmp_for('training'); "
+             "print(os.environ.get('GOMP_SPINCOUNT'))")
+    parent = ("import os, subprocess, sys, binary_net.compat; "
+              f"r = subprocess.run([sys.executable, '-c', {child!r}], "
+              "capture_output=True, text=True); print(r.stdout.strip() or r.stderr)")
+    assert run_python(parent, {}) == "0"
