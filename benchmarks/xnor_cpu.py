@@ -783,8 +783,10 @@ def main(argv=None):
     parser.add_argument("--mnist-batches", type=int, nargs="+", default=[1, 100, 10000])
     parser.add_argument("--convnet-batches", type=int, nargs="*", default=[1, 100],
                         help="batches of the CIFAR-10 ConvNet case (none: skip it)")
-    parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results",
-                                                         "xnor_cpu.json"))
+    parser.add_argument("--output", default=None,
+                        help="JSON file to write (default: benchmarks/results/xnor_cpu.json; "
+                             "with --quick, none: a smoke run does not replace the "
+                             "committed results)")
     parser.add_argument("--skip-mnist", action="store_true")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2-5 repeats, a 512x512 layer at batch 64, MNIST at "
@@ -831,12 +833,16 @@ def main(argv=None):
     print(f"\nload average at start {report['load_average_at_start']}, at end "
           f"{report['load_average_at_end']}; libgomp loaded: "
           f"{report['openmp']['libgomp_loaded']}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = args.output + ".tmp"
+    if args.output is None and args.quick:
+        print("smoke run (--quick): no JSON written; --output FILE writes one")
+        return 0
+    output = args.output or os.path.join(ROOT, "benchmarks", "results", "xnor_cpu.json")
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    tmp = output + ".tmp"
     with open(tmp, "w") as handle:
         json.dump(report, handle, indent=1)
-    os.replace(tmp, args.output)
-    print(f"wrote {args.output}")
+    os.replace(tmp, output)
+    print(f"wrote {output}")
     return 0
 
 

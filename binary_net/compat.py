@@ -217,8 +217,13 @@ def _alias_lasagne_names():
 
 #: GOMP_SPINCOUNT (polls before an idle OpenMP thread sleeps) per kind of process.
 OPENMP_SPIN = {"inference": "10000", "training": "0"}
+#: Set beside GOMP_SPINCOUNT by :func:`openmp_for`, so that a child process (which
+#: inherits both) does not take the parent's setting for the user's choice.
+OPENMP_MARK = "BINARY_NET_GOMP_SPINCOUNT"
 # The user's own OpenMP waiting policy, if any, is left alone.
-_OPENMP_USER_SET = "OMP_WAIT_POLICY" in os.environ or "GOMP_SPINCOUNT" in os.environ
+_OPENMP_USER_SET = "OMP_WAIT_POLICY" in os.environ or (
+    "GOMP_SPINCOUNT" in os.environ
+    and os.environ.get(OPENMP_MARK) != os.environ["GOMP_SPINCOUNT"])
 
 
 def openmp_for(role):
@@ -232,7 +237,7 @@ def openmp_for(role):
     """
     spin = OPENMP_SPIN[role]
     if not _OPENMP_USER_SET:
-        os.environ["GOMP_SPINCOUNT"] = spin
+        os.environ["GOMP_SPINCOUNT"] = os.environ[OPENMP_MARK] = spin
 
 
 if NEW_STACK:

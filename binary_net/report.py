@@ -885,6 +885,9 @@ def block_jax_cpu(sources, base_dir):
 def block_xnor_cpu(sources, base_dir):
     """The CPU run-time benchmark's own table, with its machine and command."""
     data = sources.bench("xnor_cpu.json")
+    if data.get("quick"):
+        raise ValueError("{}: a --quick smoke run, not a measurement to publish; rerun "
+                         "benchmarks/xnor_cpu.py without --quick".format(data["_path"]))
     table = data.get("markdown")
     if not isinstance(table, str) or not table.strip():
         raise ValueError("{}: no 'markdown' table".format(data["_path"]))

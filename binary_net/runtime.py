@@ -27,7 +27,7 @@ DEVICES = ("cpu", "gpu")
 
 
 def build_runtime(source, device="cpu", kernel=None, options=None, input_encoding=None,
-                  **kwargs):
+                  input_shape=None, **kwargs):
     """The run time of a trained network.
 
     Parameters
@@ -45,8 +45,16 @@ def build_runtime(source, device="cpu", kernel=None, options=None, input_encodin
         for a path, else H = 1, standard).
     input_encoding : {"pixels8", "float"}, optional
         MLPs from parameters: how the first layer is folded.
+    input_shape : tuple of int, optional
+        ConvNets from parameters: ``(channels, height, width)`` of the input
+        (default: the paper's 3 x 32 x 32).
     **kwargs
-        GPU: ``backend`` ("cuda" or "reference"), ``engine``.
+        GPU only: ``backend`` ("cuda" or "reference"), ``engine``.
+
+    Raises
+    ------
+    ValueError
+        An unknown device; TypeError for GPU-only keywords given with ``device="cpu"``.
 
     Returns
     -------
@@ -55,6 +63,9 @@ def build_runtime(source, device="cpu", kernel=None, options=None, input_encodin
     from .binary_model import BinaryModel, export_options, export_params, load_model
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu" and kwargs:
+        raise TypeError(f"build_runtime: {', '.join(sorted(kwargs))} apply to the GPU run "
+                        f"time only (device='gpu')")
     params = None
     if isinstance(source, (str, os.PathLike)):
         path = str(source)
@@ -70,10 +81,10 @@ def build_runtime(source, device="cpu", kernel=None, options=None, input_encodin
             from .model.params import layer_params
             layers = layer_params(params)
             if device == "cpu":
-                return _cpu_theano(layers, options, kwargs)
+                return _cpu_theano(layers, options, input_shape)
             from . import gpu_runtime
             return gpu_runtime.build_runtime(layers, "theano", options=options, **kwargs)
-        source = export_params(params, None, options, input_encoding)
+        source = export_params(params, None, options, input_encoding, input_shape)
     if device == "cpu":
         if source.is_mlp:
             from .xnor_cpu import build_runtime_mlp
@@ -84,11 +95,12 @@ def build_runtime(source, device="cpu", kernel=None, options=None, input_encodin
     return gpu_runtime.build_runtime(source, kernel or "xnor", **kwargs)
 
 
-def _cpu_theano(layers, options, kwargs):
+def _cpu_theano(layers, options, input_shape):
     arrays = [getattr(layer, name) for layer in layers
               for name in ("W", "b", "beta", "gamma", "mean", "inv_std")]
     if any(layer.kind == "conv" for layer in layers):
         from .xnor_conv import build_runtime_convnet
-        return build_runtime_convnet(arrays, "theano", options=options, **kwargs)
+        shape = {} if input_shape is None else {"input_shape": input_shape}
+        return build_runtime_convnet(arrays, "theano", options=options, **shape)
     from .xnor_cpu import build_runtime_mlp
     return build_runtime_mlp(arrays, "theano", options=options)

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_python(code, env_extra):
     env = dict(os.environ)
     # This process imported binary_net.compat already (conftest): start clean.
-    for name in ("THEANO_FLAGS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+    for name in ("THEANO_FLAGS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT",
+                 "BINARY_NET_GOMP_SPINCOUNT"):
         env.pop(name, None)
     env.update(env_extra)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")

@@ -486,6 +486,18 @@ def test_markdown_tables_bad_blocks(tmp_path, capsys):
         assert doc.read_text() == text
 
 
+def test_xnor_cpu_block_refuses_a_quick_smoke_run(tmp_path, capsys):
+    results, bench = make_sources(tmp_path)
+    (bench / "xnor_cpu.json").write_text(json.dumps({"quick": True, "markdown": "| a |"}))
+    doc = tmp_path / "page.md"
+    text = "<!-- report:xnor-cpu -->\n<!-- /report:xnor-cpu -->\n"
+    doc.write_text(text)
+    line = run_cli_error(capsys, ["--markdown-tables", str(doc), "--results-dir", str(results),
+                                  "--benchmarks-dir", str(bench)])
+    assert "--quick smoke run" in line and "xnor_cpu.json" in line
+    assert doc.read_text() == text
+
+
 def test_markdown_tables_write_nothing_when_one_file_fails(tmp_path, capsys):
     results, bench = make_sources(tmp_path)
     good, bad = tmp_path / "a.md", tmp_path / "b.md"

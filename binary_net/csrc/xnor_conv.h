@@ -114,88 +114,90 @@ static int bnn_xnor_conv(const uint64_t* x, npy_intp M, npy_intp H, npy_intp W, 
                 invert[f / 64] |= (uint64_t)1 << (f % 64);
         }
     }
-    #pragma omp parallel num_threads(team) if (!failed)
-    {
-        uint64_t* rows = (uint64_t*)aligned_alloc(32, sizeof(uint64_t) * (tile_rows * sw + kw));
-        int32_t* counts = (int32_t*)malloc(sizeof(int32_t) * tile_rows * BNN_CONV_COLS);
-        npy_intp* row_class = (npy_intp*)malloc(sizeof(npy_intp) * tile_rows);
-        if (!rows || !counts || !row_class) {
-            #pragma omp atomic write
-            failed = 1;
-        }
-        uint64_t* packed = rows ? rows + tile_rows * sw : NULL;  /* one im2col row */
-        #pragma omp for schedule(dynamic, 1)
-        for (npy_intp item = 0; item < items; ++item) {
-            if (!rows || !counts || !row_class)
-                continue;
-            const npy_intp tile = item / groups, span = per_group * BNN_CONV_COLS;
-            const npy_intp g0 = (item % groups) * span, g1 = g0 + span < F ? g0 + span : F;
-            const npy_intp p0 = tile * per_tile;
-            const npy_intp p1 = p0 + per_tile < pixels ? p0 + per_tile : pixels;
-            npy_intp r = 0;
-            for (npy_intp p = p0; p < p1; ++p) {
-                const npy_intp m = p / (HP * WP), yp = (p / WP) % HP, xp = p % WP;
-                for (npy_intp py = 0; py < pool; ++py)
-                    for (npy_intp px = 0; px < pool; ++px, ++r) {
-                        const npy_intp y = yp * pool + py, xx = xp * pool + px;
-                        uint64_t* dst = packed;
-                        for (npy_intp i = 0; i < FH; ++i)
-                            for (npy_intp j = 0; j < FW; ++j) {
-                                const npy_intp iy = y + i - pad, ix = xx + j - pad;
-                                if (iy < 0 || iy >= H || ix < 0 || ix >= W) {
-                                    for (npy_intp k = 0; k < cw; ++k)
-                                        *dst++ = 0;
-                                } else {
-                                    const uint64_t* src = x + ((m * H + iy) * W + ix) * cw;
-                                    for (npy_intp k = 0; k < cw; ++k)
-                                        *dst++ = src[k];
-                                }
-                            }
-                        for (; dst < packed + kw; ++dst)
-                            *dst = 0;
-                        bnn_split_nibbles(packed, nvec, rows + r * sw);
-                        row_class[r] = y_class[y] * nx + x_class[xx];
-                    }
+    if (!failed) {  /* base, fix, limit and invert exist */
+        #pragma omp parallel num_threads(team)
+        {
+            uint64_t* rows = (uint64_t*)aligned_alloc(32, sizeof(uint64_t) * (tile_rows * sw + kw));
+            int32_t* counts = (int32_t*)malloc(sizeof(int32_t) * tile_rows * BNN_CONV_COLS);
+            npy_intp* row_class = (npy_intp*)malloc(sizeof(npy_intp) * tile_rows);
+            if (!rows || !counts || !row_class) {
+                #pragma omp atomic write
+                failed = 1;
             }
-            for (npy_intp n0 = g0; n0 < g1; n0 += BNN_CONV_COLS) {  /* filter blocks */
-                const npy_intp n1 = n0 + BNN_CONV_COLS < g1 ? n0 + BNN_CONV_COLS : g1;
-                const npy_intp width = n1 - n0;
-                bnn_count_tile(rows, r, w + n0 * sw, n0, n1, nvec, counts, width);
-                /* epilogue: s per row, max over the window, output */
+            uint64_t* packed = rows ? rows + tile_rows * sw : NULL;  /* one im2col row */
+            #pragma omp for schedule(dynamic, 1)
+            for (npy_intp item = 0; item < items; ++item) {
+                if (!rows || !counts || !row_class)
+                    continue;
+                const npy_intp tile = item / groups, span = per_group * BNN_CONV_COLS;
+                const npy_intp g0 = (item % groups) * span, g1 = g0 + span < F ? g0 + span : F;
+                const npy_intp p0 = tile * per_tile;
+                const npy_intp p1 = p0 + per_tile < pixels ? p0 + per_tile : pixels;
+                npy_intp r = 0;
                 for (npy_intp p = p0; p < p1; ++p) {
-                    const npy_intp r0 = (p - p0) * window;
-                    int32_t best[BNN_CONV_COLS];
-                    for (npy_intp q = r0; q < r0 + window; ++q) {
-                        const int32_t* c = counts + q * width;
-                        const int32_t* fx = fix + row_class[q] * F + n0;
-                        const __m256i b = _mm256_set1_epi32(base[row_class[q]]);
-                        npy_intp f = 0;
-                        for (; f + 8 <= width; f += 8) {
-                            const __m256i twice = _mm256_slli_epi32(
-                                _mm256_loadu_si256((const __m256i*)(c + f)), 1);
-                            const __m256i s = _mm256_add_epi32(_mm256_sub_epi32(b, twice),
-                                _mm256_loadu_si256((const __m256i*)(fx + f)));
-                            const __m256i old = _mm256_loadu_si256((const __m256i*)(best + f));
-                            _mm256_storeu_si256((__m256i*)(best + f),
-                                                q == r0 ? s : _mm256_max_epi32(s, old));
+                    const npy_intp m = p / (HP * WP), yp = (p / WP) % HP, xp = p % WP;
+                    for (npy_intp py = 0; py < pool; ++py)
+                        for (npy_intp px = 0; px < pool; ++px, ++r) {
+                            const npy_intp y = yp * pool + py, xx = xp * pool + px;
+                            uint64_t* dst = packed;
+                            for (npy_intp i = 0; i < FH; ++i)
+                                for (npy_intp j = 0; j < FW; ++j) {
+                                    const npy_intp iy = y + i - pad, ix = xx + j - pad;
+                                    if (iy < 0 || iy >= H || ix < 0 || ix >= W) {
+                                        for (npy_intp k = 0; k < cw; ++k)
+                                            *dst++ = 0;
+                                    } else {
+                                        const uint64_t* src = x + ((m * H + iy) * W + ix) * cw;
+                                        for (npy_intp k = 0; k < cw; ++k)
+                                            *dst++ = src[k];
+                                    }
+                                }
+                            for (; dst < packed + kw; ++dst)
+                                *dst = 0;
+                            bnn_split_nibbles(packed, nvec, rows + r * sw);
+                            row_class[r] = y_class[y] * nx + x_class[xx];
                         }
-                        for (; f < width; ++f) {
-                            const int32_t s = base[row_class[q]] - 2 * c[f] + fx[f];
-                            best[f] = (q == r0 || s > best[f]) ? s : best[f];
+                }
+                for (npy_intp n0 = g0; n0 < g1; n0 += BNN_CONV_COLS) {  /* filter blocks */
+                    const npy_intp n1 = n0 + BNN_CONV_COLS < g1 ? n0 + BNN_CONV_COLS : g1;
+                    const npy_intp width = n1 - n0;
+                    bnn_count_tile(rows, r, w + n0 * sw, n0, n1, nvec, counts, width);
+                    /* epilogue: s per row, max over the window, output */
+                    for (npy_intp p = p0; p < p1; ++p) {
+                        const npy_intp r0 = (p - p0) * window;
+                        int32_t best[BNN_CONV_COLS];
+                        for (npy_intp q = r0; q < r0 + window; ++q) {
+                            const int32_t* c = counts + q * width;
+                            const int32_t* fx = fix + row_class[q] * F + n0;
+                            const __m256i b = _mm256_set1_epi32(base[row_class[q]]);
+                            npy_intp f = 0;
+                            for (; f + 8 <= width; f += 8) {
+                                const __m256i twice = _mm256_slli_epi32(
+                                    _mm256_loadu_si256((const __m256i*)(c + f)), 1);
+                                const __m256i s = _mm256_add_epi32(_mm256_sub_epi32(b, twice),
+                                    _mm256_loadu_si256((const __m256i*)(fx + f)));
+                                const __m256i old = _mm256_loadu_si256((const __m256i*)(best + f));
+                                _mm256_storeu_si256((__m256i*)(best + f),
+                                                    q == r0 ? s : _mm256_max_epi32(s, old));
+                            }
+                            for (; f < width; ++f) {
+                                const int32_t s = base[row_class[q]] - 2 * c[f] + fx[f];
+                                best[f] = (q == r0 || s > best[f]) ? s : best[f];
+                            }
                         }
-                    }
-                    if (out_int) {
-                        memcpy(out_int + p * F + n0, best, sizeof(int32_t) * width);
-                    } else {
-                        bnn_bits_from_counts(best, n0, n1, limit, invert,
-                                             out_bits + p * out_words);
+                        if (out_int) {
+                            memcpy(out_int + p * F + n0, best, sizeof(int32_t) * width);
+                        } else {
+                            bnn_bits_from_counts(best, n0, n1, limit, invert,
+                                                 out_bits + p * out_words);
+                        }
                     }
                 }
             }
+            free(rows);
+            free(counts);
+            free(row_class);
         }
-        free(rows);
-        free(counts);
-        free(row_class);
     }
     free(y_class);
     free(y_masks);

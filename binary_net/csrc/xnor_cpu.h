@@ -26,12 +26,13 @@
 #ifndef BNN_AVX2_TILE_ROWS
 #define BNN_AVX2_TILE_ROWS 16
 #endif
-/* Products smaller than this many bit (or pixel) multiply-adds run on one thread (under
-   a microsecond of one core's work: the hand-over to a second thread costs more). With
-   idle threads spinning between calls (binary_net.compat.openmp_for), a batch-1 MNIST
-   784-1024x3-10 pass is 0.053 ms on 2 threads against 0.063 ms on 1 (2-core Zen 3); a
-   sleeping thread costs ~0.1 ms to wake. */
-#define BNN_PARALLEL_MIN_WORK ((npy_intp)1 << 18)
+/* Products smaller than this many bit (or pixel) multiply-adds (about 20 us of one
+   core's work) run on one thread. Below that a second thread gains little even when it
+   is awake (MNIST 784-1024x3-10 at batch 1, back-to-back calls on a 2-core Zen 3:
+   0.036 ms on 2 threads, 0.042 ms on 1) and costs much when it sleeps: waking it took
+   about 0.8 ms on these virtual machines (batch-1 calls 2 ms apart: 2.5 ms on 2
+   threads, 0.13 ms on 1). */
+#define BNN_PARALLEL_MIN_WORK ((npy_intp)1 << 23)
 
 /* Threads for a product of `work` multiply-adds cut in `tasks` tasks. */
 static inline int bnn_team(npy_intp work, npy_intp tasks)
