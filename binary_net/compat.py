@@ -26,9 +26,9 @@ does three things, in this order:
    ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT``: :func:`openmp_for` sets
    ``GOMP_SPINCOUNT`` for the kind of process, read by libgomp once, when the
    first OpenMP Op loads. Importing this module chooses ``"inference"``
-   (10,000 polls, about 0.1 ms, before an idle thread sleeps): long enough to
+   (10,000 polls before an idle thread sleeps): long enough to
    carry the threads from one call of a run time to the next -- waking a
-   sleeping thread costs about 0.1 ms on the project's 2-core virtual
+   sleeping thread costs 0.1 to 0.8 ms on the project's 2-core virtual
    machines, more than a whole batch-1 MNIST pass. The training scripts
    choose ``"training"`` (no spin: idle OpenMP threads would take the cores
    from OpenBLAS's threads in the matrix products that follow). Measured on a
