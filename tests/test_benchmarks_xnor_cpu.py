@@ -141,9 +141,14 @@ def test_tiny_run_records_tables_and_report_block(tmp_path):
 
     bench_dir = tmp_path / "bench"
     bench_dir.mkdir()
-    (bench_dir / "xnor_cpu.json").write_text(json.dumps(report))
-    block = report_module.block_xnor_cpu(
-        report_module.Sources(str(tmp_path), str(bench_dir)), str(tmp_path))
+    sources = report_module.Sources(str(tmp_path), str(bench_dir))
+    if report.get("quick"):  # a smoke run is never published...
+        (bench_dir / "xnor_cpu.json").write_text(json.dumps(report))
+        with pytest.raises(ValueError, match="--quick smoke run"):
+            report_module.block_xnor_cpu(sources, str(tmp_path))
+    # ...the same record as a real run renders its table
+    (bench_dir / "xnor_cpu.json").write_text(json.dumps(dict(report, quick=False)))
+    block = report_module.block_xnor_cpu(sources, str(tmp_path))
     assert block.startswith(table.strip())
     assert "CPU flags: avx2 " in block and f"OpenMP: {threads} threads" in block
 
