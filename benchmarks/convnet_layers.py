@@ -100,7 +100,7 @@ def gemm_alone(rows, n_out, k_bits, repeats, rng):
     """Median seconds of XnorDense (packed rows in, sign bits out) of the given shape."""
     words = xnor_cpu.packed_words(k_bits)
     a = rng.randint(0, 2**63, size=(rows, words), dtype=np.int64).view(np.uint64)
-    a[:, -1] &= np.uint64(0)  # zero padding words, as im2col rows have
+    a[:, k_bits // 64:] = 0  # zero padding words beyond K bits, as im2col rows have
     w = np.where(rng.rand(n_out, k_bits) < .5, -1., 1.).astype(np.float32)
     x = T.matrix(dtype="uint64")
     f = theano.function([x], xnor_cpu.xnor_dense(

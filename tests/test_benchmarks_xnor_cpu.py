@@ -142,10 +142,10 @@ def test_tiny_run_records_tables_and_report_block(tmp_path):
     bench_dir = tmp_path / "bench"
     bench_dir.mkdir()
     sources = report_module.Sources(str(tmp_path), str(bench_dir))
-    if report.get("quick"):  # a smoke run is never published...
-        (bench_dir / "xnor_cpu.json").write_text(json.dumps(report))
-        with pytest.raises(ValueError, match="--quick smoke run"):
-            report_module.block_xnor_cpu(sources, str(tmp_path))
+    assert report["quick"]  # new_report(True, ...): a smoke run is never published...
+    (bench_dir / "xnor_cpu.json").write_text(json.dumps(report))
+    with pytest.raises(ValueError, match="--quick smoke run"):
+        report_module.block_xnor_cpu(sources, str(tmp_path))
     # ...the same record as a real run renders its table
     (bench_dir / "xnor_cpu.json").write_text(json.dumps(dict(report, quick=False)))
     block = report_module.block_xnor_cpu(sources, str(tmp_path))
